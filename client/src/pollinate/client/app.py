@@ -1,0 +1,183 @@
+"""The Flower ClientApp of a Pollinate device (Message API).
+
+The same object runs in simulations (one virtual device per user, selected by
+``node_config["partition-id"]``) and in deployments. On each ``train`` message the
+device restores its private parameters, loads the global ones, trains, saves its private
+parameters, and replies with the update to the global parameters and a few metrics, all
+checked against the allow-list before they leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from pollinate.client.device_data import DeviceData, UserIndex
+from pollinate.client.evaluation import evaluate_device
+from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
+from pollinate.client.training import LocalTrainConfig, train_device
+from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.tasks import load_task
+from pollinate.shared.wire import (
+    CONFIG_RECORD,
+    GLOBAL_RECORD,
+    METRICS_RECORD,
+    UPDATE_RECORD,
+    arrays_to_record,
+    check_outgoing,
+    record_to_arrays,
+    spec_of,
+)
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _user_index(
+    dataset: str,
+    data_dir: str | None,
+    task: str,
+    fold: int,
+    seed: int,
+    synthetic_users: int,
+    synthetic_items: int,
+) -> UserIndex:
+    """The partition of a dataset into devices, loaded once per process."""
+    task_data = load_task(
+        dataset,
+        task=task,  # type: ignore[arg-type]
+        data_dir=data_dir,
+        fold=fold,
+        seed=seed,
+        synthetic_users=synthetic_users,
+        synthetic_items=synthetic_items,
+    )
+    return UserIndex(task_data)
+
+
+def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
+    """The data of the simulated device that this node plays."""
+    index = _user_index(
+        str(config["dataset"]),
+        config.get("data-dir"),
+        str(config["task"]),
+        int(config.get("fold", 0)),
+        int(config["seed"]),
+        int(config.get("synthetic-users", 1000)),
+        int(config.get("synthetic-items", 500)),
+    )
+    return index.device(int(context.node_config["partition-id"]))
+
+
+def _generator(
+    config: Mapping[str, Any], round_: int, partition: int, salt: int
+) -> torch.Generator:
+    """Per (run seed, round, device) generator: reproducible, independent across devices."""
+    seq = np.random.SeedSequence([int(config["seed"]), round_, partition, salt])
+    return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
+
+
+def _state_store(config: Mapping[str, Any], context: Context) -> LocalStateStore:
+    root = config.get("device-state-dir")
+    if root:
+        return DiskStateStore(Path(str(root)), f"device-{context.node_config['partition-id']}")
+    return ContextStateStore(context)
+
+
+def _build(config: Mapping[str, Any], device: DeviceData) -> RecModel:
+    data = device.data
+    midpoint = 0.0 if data.rating_scale is None else sum(data.rating_scale) / 2
+    kwargs: dict[str, Any] = {
+        "n_users": 1,
+        "n_items": data.n_items,
+        "dim": int(config["embedding-dim"]),
+        "item_genres": data.item_genres,
+        "global_mean": midpoint,
+    }
+    if config["model"] == "interest":
+        kwargs["history_len"] = int(config["history-len"])
+    return build_model(str(config["model"]), **kwargs)
+
+
+def _prepare(
+    message: Message, context: Context, *, evaluating: bool
+) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
+    config = dict(message.content.config_records[CONFIG_RECORD])
+    device = simulated_device(config, context)
+    partition = int(context.node_config["partition-id"])
+    round_ = int(config["round"])
+    gen = _generator(config, round_, partition, salt=int(evaluating))
+    with torch.random.fork_rng():
+        # Private parameters of a device that never trained: the same for every round.
+        init = _generator(config, 0, partition, salt=2)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=init)))
+        model = _build(config, device)
+    model.load_global_state(record_to_arrays(message.content.array_records[GLOBAL_RECORD]))
+    store = _state_store(config, context)
+    # Training in round r starts from the state of an earlier round; evaluating after
+    # round r uses the state that round r produced.
+    private = store.load(before_round=round_ + 1 if evaluating else round_)
+    if private is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in private.items():
+                params[k].copy_(torch.as_tensor(v))
+    return config, device, model, store, gen
+
+
+def _local_state(model: RecModel) -> dict[str, np.ndarray]:
+    params = dict(model.named_parameters())
+    return {k: params[k].detach().numpy().copy() for k in model.local_parameter_names()}
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    config, device, model, store, gen = _prepare(message, context, evaluating=False)
+    spec = spec_of(model.global_state())
+    loss = config.get("loss") or ("mse" if device.task == "rating" else "sampled_softmax")
+    outcome = train_device(
+        model,
+        device,
+        LocalTrainConfig(
+            loss=str(loss),
+            reg=float(config["weight-decay"]),
+            negatives=int(config["negatives"]),
+            epochs=int(config["local-epochs"]),
+            batch_size=int(config["batch-size"]),
+            lr_global=float(config["lr-global"]),
+            lr_local=float(config["lr-local"]),
+            history_len=int(config["history-len"]),
+        ),
+        gen,
+    )
+    store.save(int(config["round"]), _local_state(model))
+    content = RecordDict(
+        {
+            UPDATE_RECORD: arrays_to_record(outcome.update),
+            METRICS_RECORD: MetricRecord(
+                {
+                    "num-examples": outcome.n_examples,
+                    "train-loss": outcome.loss,
+                    "train-seconds": outcome.seconds,
+                }
+            ),
+        }
+    )
+    check_outgoing(content, kind="train", spec=spec)
+    return Message(content=content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    config, device, model, _, _ = _prepare(message, context, evaluating=True)
+    sums = evaluate_device(model, device, str(config["part"]))
+    content = RecordDict({METRICS_RECORD: MetricRecord(sums)})  # type: ignore[arg-type]
+    check_outgoing(content, kind="evaluate", spec={})
+    return Message(content=content, reply_to=message)

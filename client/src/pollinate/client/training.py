@@ -1,0 +1,75 @@
+"""One training round on a device: local SGD over the whole local model.
+
+The device trains its private parameters (learning rate ``lr_local``) and its copy of
+the global parameters (``lr_global``) together, then returns only the *update* to the
+global parameters. The private parameters stay on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pollinate.client.device_data import DeviceData
+from pollinate.shared.models.base import RecModel
+from pollinate.shared.training.examples import build_examples, n_examples, take
+from pollinate.shared.training.losses import get_loss
+
+
+@dataclass(frozen=True)
+class LocalTrainConfig:
+    loss: str
+    reg: float
+    negatives: int
+    epochs: int
+    batch_size: int
+    lr_global: float
+    lr_local: float
+    history_len: int
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    update: dict[str, np.ndarray]
+    loss: float
+    n_examples: int
+    seconds: float
+
+
+def train_device(
+    model: RecModel, device: DeviceData, cfg: LocalTrainConfig, generator: torch.Generator
+) -> TrainOutcome:
+    """Train ``model`` on the device's training rows; return the global-parameter update."""
+    t0 = time.perf_counter()
+    before = model.global_state()
+    examples = build_examples(
+        device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)
+    )
+    n = n_examples(examples)
+    loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
+    params = dict(model.named_parameters())
+    local = set(model.local_parameter_names())
+    opt = torch.optim.SGD(
+        [
+            {"params": [params[k] for k in local], "lr": cfg.lr_local},
+            {"params": [p for k, p in params.items() if k not in local], "lr": cfg.lr_global},
+        ]
+    )
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            batch = take(examples, order[start : start + cfg.batch_size])
+            losses = loss_fn(model, batch, generator)
+            opt.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            opt.step()
+            total += float(losses.detach().sum())
+            count += len(losses)
+    after = model.global_state()
+    update = {k: after[k] - before[k] for k in before}
+    return TrainOutcome(update, total / max(count, 1), n, time.perf_counter() - t0)

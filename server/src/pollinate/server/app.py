@@ -1,0 +1,58 @@
+"""The Flower ServerApp of Pollinate (Message API).
+
+``flwr run .`` and ``pollinate simulate`` both run this object. Its configuration is the
+run config (``[tool.flwr.app.config]`` plus overrides), validated once by
+:class:`~pollinate.shared.config.FederationConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from pollinate.server.federation import Server, write_summary
+from pollinate.server.plots import plot_history
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.tasks import catalog_of, load_task
+
+app = ServerApp()
+
+RESUME_KEY = "resume"
+
+
+def run_server(grid: Grid, cfg: FederationConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Run a whole federation on ``grid`` and write the run directory ``cfg.out``."""
+    task_data = load_task(
+        cfg.dataset,
+        task=cfg.task,
+        data_dir=cfg.data_dir,
+        fold=cfg.fold,
+        seed=cfg.seed,
+        synthetic_users=cfg.synthetic_users,
+        synthetic_items=cfg.synthetic_items,
+    )
+    # The server keeps the item catalogue only; the rows stay with the devices.
+    catalog = catalog_of(task_data.data)
+    n_devices = cfg.num_devices or task_data.data.n_users
+    del task_data
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2, sort_keys=True))
+    server = Server(grid, cfg, catalog, n_devices)
+    if resume:
+        server.resume()
+    outcome = server.run()
+    write_summary(run_dir, cfg, outcome)
+    plot_history(server.history, run_dir / "metrics.png")
+    return outcome
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    values = dict(context.run_config)
+    resume = bool(values.pop(RESUME_KEY, False))
+    run_server(grid, FederationConfig.from_mapping(values), resume=resume)

@@ -1,0 +1,269 @@
+"""The server's round loop, written against Flower's ``Grid`` (Message API).
+
+``run_server`` is what the ServerApp's ``main`` calls, in a simulation and in a
+deployment alike. It never sees raw events or private parameters: it sends global
+parameters down, receives updates to them, and receives evaluation sums.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pollinate.server.aggregate import mean_update
+from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from pollinate.server.evaluation import add_sums, finalize
+from pollinate.server.optimizers import make_server_optimizer
+from pollinate.server.runlog import JsonlWriter, message_entry
+from pollinate.server.sampling import poisson_sample
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import PollinateError
+from pollinate.shared.models.base import build_model
+from pollinate.shared.tasks import Catalog
+from pollinate.shared.wire import (
+    CONFIG_RECORD,
+    GLOBAL_RECORD,
+    UPDATE_RECORD,
+    AllowListViolation,
+    ParamSpec,
+    arrays_to_record,
+    check_incoming,
+    record_to_arrays,
+    spec_of,
+)
+
+Arrays = dict[str, np.ndarray]
+
+#: Keys of the run config that devices need; everything else stays on the server.
+DEVICE_KEYS = (
+    "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
+    "embedding-dim", "history-len", "local-epochs", "batch-size", "lr-global", "lr-local",
+    "weight-decay", "negatives", "seed", "device-state-dir",
+)  # fmt: skip
+
+
+class FederationError(PollinateError):
+    """The federation cannot go on (too few devices, every reply failed, ...)."""
+
+
+@dataclass
+class RoundResult:
+    updates: list[Arrays] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    examples: int = 0
+    device_seconds: float = 0.0
+    rejected: int = 0
+    failed: int = 0
+
+
+def initial_global_state(cfg: FederationConfig, catalog: Catalog) -> Arrays:
+    """Global parameters of a freshly built model, seeded by the run seed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        model = build_model(
+            cfg.model,
+            n_users=1,
+            n_items=catalog.n_items,
+            dim=cfg.embedding_dim,
+            item_genres=catalog.item_genres,
+            **({"global_mean": catalog.rating_midpoint} if cfg.model == "mf" else {}),
+            **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
+        )
+    return model.global_state()
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
+    """Block until ``expected`` nodes are connected, so sampling sees all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FederationError(
+                f"only {len(nodes)} of {expected} devices connected within {timeout:.0f}s; "
+                "start more SuperNodes or lower --num-devices"
+            )
+        time.sleep(0.5)
+
+
+class Server:
+    """State of one federated run on the server side."""
+
+    def __init__(self, grid: Grid, cfg: FederationConfig, catalog: Catalog, n_devices: int):
+        self.grid = grid
+        self.cfg = cfg
+        self.catalog = catalog
+        self.n_devices = n_devices
+        self.run_dir = Path(cfg.out)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.params = initial_global_state(cfg, catalog)
+        self.spec: ParamSpec = spec_of(self.params)
+        self.optimizer = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.start_round = 1
+        self.history: list[dict[str, Any]] = []
+        flat = cfg.to_flat()
+        self.device_config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+
+    # -- persistence ---------------------------------------------------------------
+    def resume(self) -> None:
+        ckpt = load_checkpoint(self.run_dir)
+        if spec_of(ckpt.params) != self.spec:
+            raise FederationError("the checkpoint's parameters do not match this model")
+        self.params = ckpt.params
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.rng.bit_generator.state = ckpt.rng_state
+        self.history = ckpt.extra.get("history", [])
+        self.start_round = ckpt.round + 1
+
+    def checkpoint(self, round_: int) -> None:
+        save_checkpoint(
+            self.run_dir,
+            Checkpoint(
+                round=round_,
+                params=self.params,
+                optimizer=self.optimizer.state_dict(),
+                rng_state=self.rng.bit_generator.state,
+                extra={"history": self.history},
+            ),
+        )
+
+    # -- messaging -----------------------------------------------------------------
+    def _content(self, round_: int, extra: dict[str, Any]) -> RecordDict:
+        config = dict(self.device_config, round=round_, **extra)
+        return RecordDict(
+            {GLOBAL_RECORD: arrays_to_record(self.params), CONFIG_RECORD: ConfigRecord(config)}
+        )
+
+    def _exchange(
+        self, round_: int, nodes: Sequence[int], kind: str, extra: dict[str, Any], log: JsonlWriter
+    ) -> Iterable[Message]:
+        msg_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        messages = []
+        for node in nodes:
+            content = self._content(round_, extra)
+            messages.append(self.grid.create_message(content, msg_type, node, str(round_)))
+            log.write(message_entry(round_, "down", node, kind, content))
+        replies = list(self.grid.send_and_receive(messages))
+        for reply in replies:
+            if not reply.has_error():
+                log.write(
+                    message_entry(round_, "up", reply.metadata.src_node_id, kind, reply.content)
+                )
+        return replies
+
+    def train_round(self, round_: int, nodes: Sequence[int], log: JsonlWriter) -> RoundResult:
+        result = RoundResult()
+        for reply in self._exchange(round_, nodes, "train", {}, log):
+            if reply.has_error():
+                result.failed += 1
+                continue
+            try:
+                check_incoming(reply.content, kind="train", spec=self.spec)
+            except AllowListViolation:
+                result.rejected += 1
+                continue
+            metrics = reply.content.metric_records["metrics"]
+            result.updates.append(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
+            result.losses.append(float(metrics["train-loss"]))  # type: ignore[arg-type]
+            result.examples += int(metrics["num-examples"])  # type: ignore[call-overload]
+            result.device_seconds += float(metrics["train-seconds"])  # type: ignore[arg-type]
+        if result.updates:
+            delta = mean_update(result.updates, list(self.spec))
+            self.params = self.optimizer.step(self.params, delta)
+        return result
+
+    def evaluate(
+        self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
+    ) -> dict[str, float]:
+        sums = []
+        for reply in self._exchange(round_, nodes, "evaluate", {"part": part}, log):
+            if reply.has_error():
+                continue
+            try:
+                check_incoming(reply.content, kind="evaluate", spec=self.spec)
+            except AllowListViolation:
+                continue
+            sums.append({k: float(v) for k, v in reply.content.metric_records["metrics"].items()})  # type: ignore[arg-type]
+        return finalize(self.cfg.task, add_sums(sums))
+
+    # -- the loop ------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        nodes = wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout)
+        truncate = self.start_round - 1
+        metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", truncate_after_round=truncate)
+        msg_log = JsonlWriter(self.run_dir / "messages.jsonl", truncate_after_round=truncate)
+        progress = Progress(
+            TextColumn("[bold]federated rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            disable=not cfg.progress,
+        )
+        with progress:
+            bar = progress.add_task(
+                "rounds", total=cfg.rounds, completed=self.start_round - 1, status=""
+            )
+            for round_ in range(self.start_round, cfg.rounds + 1):
+                t0 = time.perf_counter()
+                sampled = poisson_sample(nodes, cfg.sample_rate, self.rng)
+                result = (
+                    self.train_round(round_, sampled, msg_log) if sampled else RoundResult()
+                )
+                t_train = time.perf_counter() - t0
+                entry: dict[str, Any] = {
+                    "round": round_,
+                    "sampled": len(sampled),
+                    "aggregated": len(result.updates),
+                    "rejected": result.rejected,
+                    "failed": result.failed,
+                    "train_loss": float(np.mean(result.losses)) if result.losses else None,
+                    "examples": result.examples,
+                    "train_wall_s": t_train,
+                    "device_train_s": result.device_seconds,
+                }
+                if cfg.eval_every and round_ % cfg.eval_every == 0:
+                    eval_nodes = poisson_sample(nodes, cfg.eval_sample_rate, self.rng)
+                    entry["eval_devices"] = len(eval_nodes)
+                    entry["eval"] = self.evaluate(round_, eval_nodes, "valid", msg_log)
+                entry["wall_s"] = time.perf_counter() - t0
+                metrics_log.write(entry)
+                self.history.append(entry)
+                self.checkpoint(round_)
+                shown = entry.get("eval") or {}
+                status = ", ".join(f"{k}={v:.4f}" for k, v in list(shown.items())[:2])
+                progress.update(bar, advance=1, status=f"sampled {len(sampled)} {status}")
+        t0 = time.perf_counter()
+        final = self.evaluate(cfg.rounds + 1, nodes, "test", msg_log)
+        final_s = time.perf_counter() - t0
+        metrics_log.close()
+        msg_log.close()
+        np.savez(self.run_dir / "global_params.npz", **self.params)  # type: ignore[arg-type]
+        return {"final": final, "final_eval_s": final_s, "devices": len(nodes)}
+
+
+def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any]) -> None:
+    summary = {
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "task": cfg.task,
+        "fold": cfg.fold,
+        "rounds": cfg.rounds,
+        "devices": outcome["devices"],
+        "final": outcome["final"],
+        "config": cfg.to_flat(),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,57 @@
+"""The run directory's logs: per-round metrics and every message that crossed the wire."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.app import RecordDict
+
+from pollinate.shared.wire import record_bytes
+
+
+def message_entry(
+    round_: int, direction: str, node: int, kind: str, content: RecordDict
+) -> dict[str, Any]:
+    """Describe one message from its actual content (not from what was intended)."""
+    arrays: dict[str, list[int]] = {}
+    for record in content.array_records.values():
+        arrays.update({n: list(a.shape) for n, a in record.items()})
+    metrics: list[str] = []
+    for mrec in content.metric_records.values():
+        metrics.extend(sorted(mrec.keys()))
+    return {
+        "round": round_,
+        "direction": direction,
+        "node": node,
+        "kind": kind,
+        "records": sorted(content.keys()),
+        "arrays": arrays,
+        "metrics": metrics,
+        "bytes": record_bytes(content),
+    }
+
+
+class JsonlWriter:
+    """Append-only JSON-lines file, flushed after each line."""
+
+    def __init__(self, path: Path, *, truncate_after_round: int | None = None) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if truncate_after_round is not None and path.exists():
+            # On resume, drop lines of rounds that the checkpoint does not cover.
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("round", 0) <= truncate_after_round
+            ]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._fh = path.open("a")
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(obj, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()

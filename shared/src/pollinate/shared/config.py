@@ -1,0 +1,106 @@
+"""Typed configuration of a federated run, validated once at the edge.
+
+The same keys serve the ``pollinate simulate`` CLI (``--sample-rate``), Flower's run
+config (``sample-rate`` in ``[tool.flwr.app.config]``) and the resolved ``config.json``
+of a run directory. Unknown keys are rejected with the list of known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pollinate.shared.errors import ConfigError
+
+ServerOpt = Literal["fedavg", "fedadam", "fedadagrad"]
+
+#: Server learning rates that worked on ML-100K (see simulations/benchmarks/RESULTS.md).
+DEFAULT_SERVER_LR: dict[str, float] = {"fedavg": 100.0, "fedadam": 0.05, "fedadagrad": 0.3}
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class FederationConfig(BaseModel):
+    """Everything a federated run needs; ``extra="forbid"`` rejects unknown keys."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=_dash, populate_by_name=True, frozen=True
+    )
+
+    # Data
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    synthetic_users: int = Field(1000, ge=50, le=1_000_000)
+    synthetic_items: int = Field(500, ge=10)
+    task: Literal["rating", "ranking"] = "rating"
+    fold: int = Field(0, ge=0, le=4)
+    # Model
+    model: Literal["mf", "interest"] = "mf"
+    embedding_dim: int = Field(16, ge=1)
+    history_len: int = Field(20, ge=1)
+    # Device training
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr_global: float = Field(0.05, gt=0)
+    lr_local: float = Field(0.05, gt=0)
+    weight_decay: float = Field(0.02, ge=0)
+    loss: Literal["mse", "bpr", "sampled_softmax"] | None = None
+    negatives: int = Field(64, ge=1)
+    # Server
+    rounds: int = Field(20, ge=1)
+    sample_rate: float = Field(0.2, gt=0, le=1)
+    server_opt: ServerOpt = "fedadagrad"
+    server_lr: float | None = Field(None, gt=0)
+    eval_every: int = Field(5, ge=0)
+    eval_sample_rate: float = Field(0.2, gt=0, le=1)
+    num_devices: int | None = Field(None, ge=1)
+    wait_timeout: float = Field(120.0, gt=0)
+    # Run
+    seed: int = 0
+    out: str = "runs/latest"
+    device_state_dir: str | None = None
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        if self.model == "interest" and self.task == "rating":
+            raise ValueError("the interest model ranks items; use --task ranking with it")
+        if (self.task == "rating") != (self.effective_loss == "mse"):
+            raise ValueError(f"loss {self.effective_loss!r} does not fit the {self.task} task")
+        return self
+
+    @property
+    def effective_loss(self) -> str:
+        if self.loss is not None:
+            return self.loss
+        return "mse" if self.task == "rating" else "sampled_softmax"
+
+    @property
+    def effective_server_lr(self) -> float:
+        return self.server_lr if self.server_lr is not None else DEFAULT_SERVER_LR[self.server_opt]
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FederationConfig:
+        """Validate a flat mapping (dashes or underscores); raise ConfigError on any problem."""
+        known = {_dash(n) for n in cls.model_fields}
+        unknown = sorted(k for k in values if _dash(k) not in known)
+        if unknown:
+            raise ConfigError(
+                f"unknown configuration keys {unknown}; known keys are {sorted(known)}"
+            )
+        try:
+            return cls.model_validate({_dash(k): v for k, v in values.items()})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None
+
+    def to_flat(self) -> dict[str, Any]:
+        """The resolved config with dashed keys, as written to config.json."""
+        return self.model_dump(by_alias=True)

@@ -1,0 +1,171 @@
+"""What may cross the wire between a device and the server, checked in code.
+
+A device's reply carries exactly two records:
+
+* ``"update"``: an :class:`~flwr.app.ArrayRecord` whose arrays are the update to the
+  **global** parameters, each with exactly the name, shape and dtype that the server
+  sent (the :data:`ParamSpec`);
+* ``"metrics"``: a :class:`~flwr.app.MetricRecord` whose keys are a fixed set per
+  message kind (:data:`TRAIN_METRIC_KEYS`, :data:`EVAL_METRIC_KEYS`).
+
+Anything else (a local parameter, a raw item list, a rating, a ConfigRecord, an extra
+record) makes :func:`check_outgoing` raise :class:`AllowListViolation` before sending.
+The server applies :func:`check_incoming` to every reply, which in addition rejects
+non-finite values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+from pollinate.shared.errors import PollinateError
+
+#: name -> (shape, dtype string) of every global parameter.
+ParamSpec = dict[str, tuple[tuple[int, ...], str]]
+
+UPDATE_RECORD = "update"
+METRICS_RECORD = "metrics"
+GLOBAL_RECORD = "global"
+CONFIG_RECORD = "config"
+
+#: Metric keys a device may send after training.
+TRAIN_METRIC_KEYS = frozenset({"num-examples", "train-loss", "train-seconds"})
+
+#: Rating-task evaluation sums.
+RATING_EVAL_KEYS = frozenset({"se_sum", "ae_sum", "count"})
+
+
+def ranking_eval_keys(ks: Iterable[int]) -> frozenset[str]:
+    """Ranking-task evaluation sums for cut-offs ``ks`` (no coverage: see metrics)."""
+    keys = {"count"}
+    for k in ks:
+        for m in ("hr", "ndcg", "recall", "mrr", "novelty", "diversity"):
+            keys.add(f"{m}@{k}_sum")
+    return frozenset(keys)
+
+
+#: Evaluation sums a device may send, for the cut-offs Pollinate reports.
+EVAL_METRIC_KEYS = RATING_EVAL_KEYS | ranking_eval_keys((10, 20))
+
+
+class AllowListViolation(PollinateError):
+    """A message would carry something that is not on the allow-list.
+
+    This is a privacy guard: never catch it to send the message anyway.
+    """
+
+
+def spec_of(params: Mapping[str, np.ndarray]) -> ParamSpec:
+    """The spec (name -> shape, dtype) of a set of arrays."""
+    return {n: (tuple(int(d) for d in a.shape), str(a.dtype)) for n, a in params.items()}
+
+
+def arrays_to_record(params: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Pack numpy arrays into an ArrayRecord, keeping names and order."""
+    return ArrayRecord({n: Array(np.ascontiguousarray(a)) for n, a in params.items()})
+
+
+def record_to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Unpack an ArrayRecord into numpy arrays by name."""
+    return {n: arr.numpy() for n, arr in record.items()}
+
+
+def _check_arrays(record: ArrayRecord, spec: ParamSpec, who: str) -> None:
+    names = set(record.keys())
+    extra = sorted(names - set(spec))
+    if extra:
+        raise AllowListViolation(
+            f"{who}: arrays {extra} are not global parameters; only {sorted(spec)} may leave"
+        )
+    missing = sorted(set(spec) - names)
+    if missing:
+        raise AllowListViolation(f"{who}: update lacks global parameters {missing}")
+    for name, arr in record.items():
+        shape, dtype = spec[name]
+        if tuple(arr.shape) != shape or arr.dtype != dtype:
+            raise AllowListViolation(
+                f"{who}: array {name!r} is {arr.dtype}{tuple(arr.shape)}, "
+                f"the allow-list says {dtype}{shape}"
+            )
+
+
+def _check_metrics(record: MetricRecord, allowed: frozenset[str], who: str) -> None:
+    extra = sorted(set(record.keys()) - allowed)
+    if extra:
+        raise AllowListViolation(f"{who}: metric keys {extra} are not on the allow-list")
+    for key, value in record.items():
+        if not isinstance(value, int | float):
+            raise AllowListViolation(f"{who}: metric {key!r} must be a scalar, not a list")
+
+
+def check_outgoing(
+    content: RecordDict,
+    *,
+    kind: str,
+    spec: ParamSpec,
+    metric_keys: frozenset[str] | None = None,
+) -> None:
+    """Raise :class:`AllowListViolation` unless ``content`` is on the allow-list.
+
+    ``kind`` is ``"train"`` (an update plus training metrics) or ``"evaluate"``
+    (evaluation sums only, no arrays).
+    """
+    who = f"outgoing {kind} reply"
+    if kind == "train":
+        allowed_records = {UPDATE_RECORD, METRICS_RECORD}
+        keys = TRAIN_METRIC_KEYS if metric_keys is None else metric_keys
+    elif kind == "evaluate":
+        allowed_records = {METRICS_RECORD}
+        keys = EVAL_METRIC_KEYS if metric_keys is None else metric_keys
+    else:
+        raise ValueError(f"kind must be 'train' or 'evaluate', got {kind!r}")
+    extra = sorted(set(content.keys()) - allowed_records)
+    if extra:
+        raise AllowListViolation(f"{who}: records {extra} may not leave a device")
+    if content.config_records:
+        raise AllowListViolation(f"{who}: config records may not leave a device")
+    if kind == "train":
+        if UPDATE_RECORD not in content.array_records:
+            raise AllowListViolation(f"{who}: the update must be an ArrayRecord named 'update'")
+        _check_arrays(content.array_records[UPDATE_RECORD], spec, who)
+    elif content.array_records:
+        raise AllowListViolation(f"{who}: evaluation replies carry no arrays")
+    if METRICS_RECORD not in content.metric_records:
+        raise AllowListViolation(f"{who}: metrics must be a MetricRecord named 'metrics'")
+    _check_metrics(content.metric_records[METRICS_RECORD], keys, who)
+
+
+def check_incoming(
+    content: RecordDict,
+    *,
+    kind: str,
+    spec: ParamSpec,
+    metric_keys: frozenset[str] | None = None,
+) -> None:
+    """Server side: the allow-list check plus finiteness of every value.
+
+    Raises :class:`AllowListViolation` for a reply that must not be aggregated.
+    """
+    check_outgoing(content, kind=kind, spec=spec, metric_keys=metric_keys)
+    if kind == "train":
+        for name, arr in content.array_records[UPDATE_RECORD].items():
+            if not np.isfinite(arr.numpy()).all():
+                raise AllowListViolation(f"incoming update {name!r} has non-finite values")
+    for key, value in content.metric_records[METRICS_RECORD].items():
+        if not np.isfinite(float(value)):  # type: ignore[arg-type]
+            raise AllowListViolation(f"incoming metric {key!r} is not finite")
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of array payload plus 8 bytes per scalar metric or config value."""
+    total = 0
+    for record in content.array_records.values():
+        total += sum(len(arr.data) for arr in record.values())
+    for mrec in content.metric_records.values():
+        total += 8 * len(mrec)
+    for crec in content.config_records.values():
+        total += sum(len(str(v)) for v in crec.values())
+    return total

@@ -1,0 +1,90 @@
+"""Run a federation on Flower's simulation runtime, in this process.
+
+The ServerApp and ClientApp are the very objects a deployment runs
+(:data:`pollinate.server.app.app`, :data:`pollinate.client.app.app`). Only where the
+devices come from differs: here each virtual SuperNode plays one user of a dataset.
+
+Flower's Python entry point (``run_simulation``) gives the ServerApp an empty run config;
+we pass the resolved config through the server context of the same runtime
+(``flwr.simulation.run_simulation._run_simulation``, pinned by flwr 1.41.x). Devices get
+their configuration from the server's messages, as in a deployment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from flwr.app import Context, RecordDict
+
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.tasks import load_task
+
+#: Ray resources per virtual device. Flower's default (2 CPUs) runs one device at a
+#: time on a 2-core machine; one CPU each runs one device per core.
+DEFAULT_CPUS_PER_DEVICE = 1.0
+
+
+def count_devices(cfg: FederationConfig) -> int:
+    """Number of virtual devices: one per user of the prepared task data."""
+    if cfg.num_devices:
+        return cfg.num_devices
+    task = load_task(
+        cfg.dataset,
+        task=cfg.task,
+        data_dir=cfg.data_dir,
+        fold=cfg.fold,
+        seed=cfg.seed,
+        synthetic_users=cfg.synthetic_users,
+        synthetic_items=cfg.synthetic_items,
+    )
+    return task.data.n_users
+
+
+def backend_config(cpus_per_device: float = DEFAULT_CPUS_PER_DEVICE) -> dict[str, Any]:
+    return {
+        "client_resources": {"num_cpus": cpus_per_device, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": os.cpu_count() or 1,
+            "include_dashboard": False,
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+        },
+    }
+
+
+def run_federation(
+    cfg: FederationConfig,
+    *,
+    resume: bool = False,
+    cpus_per_device: float = DEFAULT_CPUS_PER_DEVICE,
+    verbose: bool = False,
+) -> None:
+    """Simulate ``cfg`` with one virtual device per user; writes the run directory."""
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    from pollinate.client.app import app as client_app
+    from pollinate.server.app import RESUME_KEY
+    from pollinate.server.app import app as server_app
+
+    n_devices = count_devices(cfg)
+    run_config: dict[str, Any] = {k: v for k, v in cfg.to_flat().items() if v is not None}
+    run_config[RESUME_KEY] = resume
+    server_context = Context(
+        run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config
+    )
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    _run_simulation(
+        num_supernodes=n_devices,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_name="ray",
+        backend_config=backend_config(cpus_per_device),  # type: ignore[arg-type]
+        server_app_context=server_context,
+        verbose_logging=verbose,
+    )

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pollinate.server.aggregate import mean_update
+from pollinate.server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pollinate.server.optimizers import FedAdagrad, FedAdam, FedAvg, make_server_optimizer
+from pollinate.server.sampling import poisson_sample
+from pollinate.shared.errors import ConfigError
+
+
+def test_poisson_sample_has_the_right_mean_and_variance() -> None:
+    rng = np.random.default_rng(1)
+    nodes = list(range(1000))
+    sizes = np.array([len(poisson_sample(nodes, 0.05, rng)) for _ in range(400)])
+    # Binomial(1000, 0.05): mean 50, sd sqrt(47.5) = 6.9; the mean of 400 draws has sd 0.34.
+    assert abs(sizes.mean() - 50) < 1.5
+    assert 5.5 < sizes.std() < 8.5
+    assert len(set(map(tuple, [poisson_sample(nodes, 0.05, rng) for _ in range(5)]))) == 5
+
+
+def test_poisson_sample_can_be_empty_and_is_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    sizes = [len(poisson_sample(list(range(10)), 0.01, rng)) for _ in range(200)]
+    assert 0 in sizes  # P(empty) = 0.99**10 = 0.90
+    a = poisson_sample(list(range(50)), 0.3, np.random.default_rng(7))
+    b = poisson_sample(list(range(50)), 0.3, np.random.default_rng(7))
+    assert a == b
+
+
+def test_poisson_sample_rejects_bad_rates() -> None:
+    with pytest.raises(ConfigError):
+        poisson_sample([1, 2], 0.0, np.random.default_rng())
+    with pytest.raises(ConfigError):
+        poisson_sample([1, 2], 1.5, np.random.default_rng())
+
+
+def test_mean_update_weights_devices_equally() -> None:
+    ups = [{"w": np.array([1.0, 0.0])}, {"w": np.array([3.0, 2.0])}]
+    np.testing.assert_allclose(mean_update(ups, ["w"])["w"], [2.0, 1.0])
+    with pytest.raises(ValueError):
+        mean_update([], ["w"])
+
+
+def test_fedavg_scales_the_mean_update() -> None:
+    out = FedAvg(lr=10.0).step({"w": np.array([1.0])}, {"w": np.array([0.5])})
+    np.testing.assert_allclose(out["w"], [6.0])
+
+
+def test_fedadagrad_matches_a_hand_computation() -> None:
+    opt = FedAdagrad(lr=0.1, tau=1e-3)
+    x = {"w": np.array([0.0, 0.0])}
+    d = {"w": np.array([1.0, -2.0])}
+    x = opt.step(x, d)
+    # m = d (beta1 = 0); v = tau^2 + d^2; x = 0.1 * d / (sqrt(v) + tau)
+    v = 1e-6 + np.array([1.0, 4.0])
+    np.testing.assert_allclose(x["w"], 0.1 * np.array([1.0, -2.0]) / (np.sqrt(v) + 1e-3))
+
+
+def test_fedadam_state_round_trips() -> None:
+    a, b = FedAdam(lr=0.01), FedAdam(lr=0.01)
+    x = {"w": np.ones(3)}
+    for step in range(3):
+        x = a.step(x, {"w": np.full(3, 0.1 * (step + 1))})
+    b.load_state_dict(a.state_dict())
+    d = {"w": np.array([0.3, -0.1, 0.2])}
+    np.testing.assert_allclose(a.step(x, d)["w"], b.step(x, d)["w"])
+
+
+def test_unknown_optimizer_is_a_clear_error() -> None:
+    with pytest.raises(ConfigError, match="fedavg"):
+        make_server_optimizer("sgd", 1.0)
+
+
+def test_checkpoint_round_trips_atomically(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(3)
+    rng.random(5)
+    ck = Checkpoint(4, {"w": np.arange(3.0)}, {"m/w": np.ones(3)}, rng.bit_generator.state, {"h": [1]})
+    save_checkpoint(tmp_path, ck)
+    back = load_checkpoint(tmp_path)
+    assert back.round == 4 and back.extra == {"h": [1]}
+    np.testing.assert_array_equal(back.params["w"], ck.params["w"])
+    restored = np.random.default_rng()
+    restored.bit_generator.state = back.rng_state
+    assert restored.random() == rng.random()
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(CheckpointError, match="--resume"):
+        load_checkpoint(tmp_path / "nowhere")
