@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from pollinate.server.aggregate import mean_update
-from pollinate.server.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from pollinate.server.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pollinate.server.optimizers import FedAdagrad, FedAdam, FedAvg, make_server_optimizer
 from pollinate.server.sampling import poisson_sample
 from pollinate.shared.errors import ConfigError
@@ -76,7 +81,9 @@ def test_unknown_optimizer_is_a_clear_error() -> None:
 def test_checkpoint_round_trips_atomically(tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(3)
     rng.random(5)
-    ck = Checkpoint(4, {"w": np.arange(3.0)}, {"m/w": np.ones(3)}, rng.bit_generator.state, {"h": [1]})
+    ck = Checkpoint(
+        4, {"w": np.arange(3.0)}, {"m/w": np.ones(3)}, rng.bit_generator.state, {"h": [1]}
+    )
     save_checkpoint(tmp_path, ck)
     back = load_checkpoint(tmp_path)
     assert back.round == 4 and back.extra == {"h": [1]}

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from pollinate.shared.wire import (
-    AllowListViolation,
+    AllowListError,
     arrays_to_record,
     check_incoming,
     check_outgoing,
@@ -43,36 +43,36 @@ def test_a_global_update_passes() -> None:
     ],
 )
 def test_private_or_raw_arrays_never_leave(extra: dict[str, np.ndarray]) -> None:
-    with pytest.raises(AllowListViolation, match="not global parameters"):
+    with pytest.raises(AllowListError, match="not global parameters"):
         check_outgoing(reply({**GLOBAL, **extra}), kind="train", spec=SPEC)
 
 
 def test_wrong_shape_or_dtype_is_refused() -> None:
     bad = dict(GLOBAL, **{"item_bias.weight": np.zeros((6, 1), np.float32)})
-    with pytest.raises(AllowListViolation, match="allow-list says"):
+    with pytest.raises(AllowListError, match="allow-list says"):
         check_outgoing(reply(bad), kind="train", spec=SPEC)
     bad = dict(GLOBAL, **{"item_bias.weight": np.zeros((5, 1), np.float64)})
-    with pytest.raises(AllowListViolation, match="allow-list says"):
+    with pytest.raises(AllowListError, match="allow-list says"):
         check_outgoing(reply(bad), kind="train", spec=SPEC)
 
 
 def test_extra_records_and_metric_keys_are_refused() -> None:
     content = reply(GLOBAL)
     content["leak"] = ConfigRecord({"items": "1,2,3"})
-    with pytest.raises(AllowListViolation):
+    with pytest.raises(AllowListError):
         check_outgoing(content, kind="train", spec=SPEC)
     content = reply(GLOBAL)
     content["private"] = ArrayRecord({})
-    with pytest.raises(AllowListViolation, match="records"):
+    with pytest.raises(AllowListError, match="records"):
         check_outgoing(content, kind="train", spec=SPEC)
-    with pytest.raises(AllowListViolation, match="metric keys"):
+    with pytest.raises(AllowListError, match="metric keys"):
         check_outgoing(reply(GLOBAL, {**METRICS, "rating-of-item-3": 5.0}), kind="train", spec=SPEC)
 
 
 def test_evaluation_replies_carry_sums_only() -> None:
     ok = RecordDict({"metrics": MetricRecord({"se_sum": 1.0, "ae_sum": 1.0, "count": 2})})
     check_outgoing(ok, kind="evaluate", spec={})
-    with pytest.raises(AllowListViolation):
+    with pytest.raises(AllowListError):
         check_outgoing(
             RecordDict({"metrics": MetricRecord({"top10-items": [1, 2, 3]})}),
             kind="evaluate",
@@ -83,7 +83,7 @@ def test_evaluation_replies_carry_sums_only() -> None:
 def test_server_rejects_non_finite_updates() -> None:
     bad = dict(GLOBAL, **{"item_bias.weight": np.full((5, 1), np.nan, np.float32)})
     check_outgoing(reply(bad), kind="train", spec=SPEC)  # the shape is allowed ...
-    with pytest.raises(AllowListViolation, match="non-finite"):
+    with pytest.raises(AllowListError, match="non-finite"):
         check_incoming(reply(bad), kind="train", spec=SPEC)  # ... the values are not
 
 

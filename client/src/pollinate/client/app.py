@@ -9,6 +9,7 @@ checked against the allow-list before they leave.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -16,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from pollinate.client.device_data import DeviceData, UserIndex
+from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
 from pollinate.client.training import LocalTrainConfig, train_device
@@ -40,7 +41,7 @@ app = ClientApp()
 
 
 @lru_cache(maxsize=4)
-def _user_index(
+def _device_index(
     dataset: str,
     data_dir: str | None,
     task: str,
@@ -48,7 +49,7 @@ def _user_index(
     seed: int,
     synthetic_users: int,
     synthetic_items: int,
-) -> UserIndex:
+) -> DeviceIndex:
     """The partition of a dataset into devices, loaded once per process."""
     task_data = load_task(
         dataset,
@@ -59,12 +60,12 @@ def _user_index(
         synthetic_users=synthetic_users,
         synthetic_items=synthetic_items,
     )
-    return UserIndex(task_data)
+    return DeviceIndex(task_data)
 
 
 def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
     """The data of the simulated device that this node plays."""
-    index = _user_index(
+    index = _device_index(
         str(config["dataset"]),
         config.get("data-dir"),
         str(config["task"]),
@@ -87,7 +88,12 @@ def _generator(
 def _state_store(config: Mapping[str, Any], context: Context) -> LocalStateStore:
     root = config.get("device-state-dir")
     if root:
-        return DiskStateStore(Path(str(root)), f"device-{context.node_config['partition-id']}")
+        # A simulated device's "disk" needs atomicity, not durability against power loss.
+        return DiskStateStore(
+            Path(str(root)),
+            f"device-{context.node_config['partition-id']}",
+            durable=not _simulated(context),
+        )
     return ContextStateStore(context)
 
 
@@ -106,10 +112,17 @@ def _build(config: Mapping[str, Any], device: DeviceData) -> RecModel:
     return build_model(str(config["model"]), **kwargs)
 
 
+def _simulated(context: Context) -> bool:
+    return "partition-id" in context.node_config
+
+
 def _prepare(
     message: Message, context: Context, *, evaluating: bool
 ) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
     config = dict(message.content.config_records[CONFIG_RECORD])
+    if _simulated(context) and torch.get_num_threads() != 1:
+        # A simulated device gets one core; torch's thread pool would oversubscribe it.
+        torch.set_num_threads(1)
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
     round_ = int(config["round"])
@@ -171,6 +184,25 @@ def train(message: Message, context: Context) -> Message:
         }
     )
     check_outgoing(content, kind="train", spec=spec)
+    return Message(content=content, reply_to=message)
+
+
+def device_key(context: Context) -> int:
+    """A stable pseudonymous key: the partition-id of a simulated device, else a random
+    63-bit key kept in the node's state."""
+    if "partition-id" in context.node_config:
+        return int(context.node_config["partition-id"])
+    record = context.state.config_records.get("pollinate.device-key")
+    if record is None:
+        record = ConfigRecord({"key": secrets.randbits(63)})
+        context.state["pollinate.device-key"] = record
+    return int(record["key"])  # type: ignore[call-overload]
+
+
+@app.query("enroll")
+def enroll(message: Message, context: Context) -> Message:
+    content = RecordDict({METRICS_RECORD: MetricRecord({"device-key": device_key(context)})})
+    check_outgoing(content, kind="enroll", spec={})
     return Message(content=content, reply_to=message)
 
 

@@ -10,10 +10,10 @@ see the same thing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 
+from pollinate.shared.data.partition import partition_by_user
 from pollinate.shared.data.splits import Split
 from pollinate.shared.data.types import Interactions
 from pollinate.shared.errors import ConfigError
@@ -27,29 +27,16 @@ class DeviceData:
     task: str
 
 
-class UserIndex:
-    """Per-user row lists of each part of a split, built once in O(n log n)."""
+class DeviceIndex:
+    """Cuts one-user :class:`DeviceData` out of a whole dataset (the simulation source)."""
 
     def __init__(self, task_data: TaskData) -> None:
         self.task_data = task_data
+        self.partition = partition_by_user(task_data.data, task_data.split)
 
-    def _by_user(self, rows: np.ndarray) -> list[np.ndarray]:
-        users = self.task_data.data.users[rows]
-        order = np.argsort(users, kind="stable")  # keeps each user's rows in split order
-        bounds = np.searchsorted(users[order], np.arange(1, self.task_data.data.n_users))
-        return np.split(rows[order], bounds)
-
-    @cached_property
-    def train(self) -> list[np.ndarray]:
-        return self._by_user(self.task_data.split.train)
-
-    @cached_property
-    def valid(self) -> list[np.ndarray]:
-        return self._by_user(self.task_data.split.valid)
-
-    @cached_property
-    def test(self) -> list[np.ndarray]:
-        return self._by_user(self.task_data.split.test)
+    @property
+    def n_devices(self) -> int:
+        return self.partition.n_devices
 
     def device(self, user: int) -> DeviceData:
         data = self.task_data.data
@@ -57,8 +44,8 @@ class UserIndex:
             raise ConfigError(
                 f"partition-id {user} is out of range: the dataset has {data.n_users} users"
             )
-        tr, va, te = self.train[user], self.valid[user], self.test[user]
-        rows = np.concatenate([tr, va, te])
+        own = self.partition.device(user)
+        rows = np.concatenate([own.train, own.valid, own.test])
         sub = data.rows(rows)
         one = replace(
             sub,
@@ -66,7 +53,7 @@ class UserIndex:
             user_ids=data.user_ids[user : user + 1],
             user_features={k: v[user : user + 1] for k, v in data.user_features.items()},
         )
-        n_tr, n_va = len(tr), len(va)
+        n_tr, n_va = len(own.train), len(own.valid)
         split = Split(
             train=np.arange(n_tr),
             valid=np.arange(n_tr, n_tr + n_va),
@@ -77,4 +64,4 @@ class UserIndex:
 
 def device_view(task_data: TaskData, user: int) -> DeviceData:
     """Device ``user`` of a whole dataset (builds a fresh index; cache a UserIndex instead)."""
-    return UserIndex(task_data).device(user)
+    return DeviceIndex(task_data).device(user)

@@ -60,9 +60,10 @@ _VERSION = re.compile(r"^r(\d+)\.npz$")
 class DiskStateStore:
     """Private parameters on disk under ``root/<device>/r<round>.npz`` (atomic writes)."""
 
-    def __init__(self, root: Path, device: str, keep: int = 2) -> None:
+    def __init__(self, root: Path, device: str, keep: int = 2, *, durable: bool = True) -> None:
         self.dir = Path(root) / device
         self.keep = keep
+        self.durable = durable
 
     def _versions(self) -> list[int]:
         if not self.dir.is_dir():
@@ -80,7 +81,6 @@ class DiskStateStore:
     def save(self, round_: int, params: Arrays) -> None:
         buf = io.BytesIO()
         np.savez(buf, **params)  # type: ignore[arg-type]
-        atomic_write_bytes(self.dir / f"r{round_}.npz", buf.getvalue())
+        atomic_write_bytes(self.dir / f"r{round_}.npz", buf.getvalue(), durable=self.durable)
         for old in self._versions()[: -self.keep]:
             (self.dir / f"r{old}.npz").unlink(missing_ok=True)
-

@@ -34,7 +34,7 @@ from pollinate.shared.wire import (
     CONFIG_RECORD,
     GLOBAL_RECORD,
     UPDATE_RECORD,
-    AllowListViolation,
+    AllowListError,
     ParamSpec,
     arrays_to_record,
     check_incoming,
@@ -149,11 +149,15 @@ class Server:
     def _exchange(
         self, round_: int, nodes: Sequence[int], kind: str, extra: dict[str, Any], log: JsonlWriter
     ) -> Iterable[Message]:
-        msg_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+        msg_type = {
+            "train": MessageType.TRAIN,
+            "evaluate": MessageType.EVALUATE,
+            "enroll": f"{MessageType.QUERY}.enroll",
+        }[kind]
         messages = []
         for node in nodes:
-            content = self._content(round_, extra)
-            messages.append(self.grid.create_message(content, msg_type, node, str(round_)))
+            content = self._content(round_, extra) if kind != "enroll" else RecordDict()
+            messages.append(Message(content, node, msg_type, group_id=str(round_)))
             log.write(message_entry(round_, "down", node, kind, content))
         replies = list(self.grid.send_and_receive(messages))
         for reply in replies:
@@ -171,7 +175,7 @@ class Server:
                 continue
             try:
                 check_incoming(reply.content, kind="train", spec=self.spec)
-            except AllowListViolation:
+            except AllowListError:
                 result.rejected += 1
                 continue
             metrics = reply.content.metric_records["metrics"]
@@ -193,18 +197,45 @@ class Server:
                 continue
             try:
                 check_incoming(reply.content, kind="evaluate", spec=self.spec)
-            except AllowListViolation:
+            except AllowListError:
                 continue
             sums.append({k: float(v) for k, v in reply.content.metric_records["metrics"].items()})  # type: ignore[arg-type]
         return finalize(self.cfg.task, add_sums(sums))
 
+    def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
+        """Ask every node for its device key; return the nodes ordered by key.
+
+        Flower's node ids change from one start to the next; the keys do not, so a
+        seeded Poisson sample over this order picks the same devices after a resume.
+        """
+        keys: dict[int, int] = {}
+        for reply in self._exchange(0, nodes, "enroll", {}, log):
+            if reply.has_error():
+                continue
+            try:
+                check_incoming(reply.content, kind="enroll", spec={})
+            except AllowListError:
+                continue
+            key = reply.content.metric_records["metrics"]["device-key"]
+            keys[reply.metadata.src_node_id] = int(key)  # type: ignore[call-overload]
+        if len(set(keys.values())) != len(keys):
+            raise FederationError("two devices enrolled with the same device key")
+        if len(keys) < len(nodes):
+            raise FederationError(
+                f"{len(nodes) - len(keys)} of {len(nodes)} devices did not enroll; "
+                "check the SuperNodes' logs"
+            )
+        return sorted(keys, key=keys.__getitem__)
+
     # -- the loop ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        nodes = wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout)
         truncate = self.start_round - 1
         metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", truncate_after_round=truncate)
         msg_log = JsonlWriter(self.run_dir / "messages.jsonl", truncate_after_round=truncate)
+        t_enroll = time.perf_counter()
+        nodes = self.enroll(wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout), msg_log)
+        t_enroll = time.perf_counter() - t_enroll
         progress = Progress(
             TextColumn("[bold]federated rounds"),
             BarColumn(),
@@ -217,12 +248,21 @@ class Server:
             bar = progress.add_task(
                 "rounds", total=cfg.rounds, completed=self.start_round - 1, status=""
             )
+            if cfg.eval_every and self.start_round == 1:
+                # The untrained model, on the same kind of sample, as the baseline.
+                eval_nodes = poisson_sample(nodes, cfg.eval_sample_rate, self.rng)
+                entry0 = {
+                    "round": 0,
+                    "sampled": 0,
+                    "eval_devices": len(eval_nodes),
+                    "eval": self.evaluate(0, eval_nodes, "valid", msg_log),
+                }
+                metrics_log.write(entry0)
+                self.history.append(entry0)
             for round_ in range(self.start_round, cfg.rounds + 1):
                 t0 = time.perf_counter()
                 sampled = poisson_sample(nodes, cfg.sample_rate, self.rng)
-                result = (
-                    self.train_round(round_, sampled, msg_log) if sampled else RoundResult()
-                )
+                result = self.train_round(round_, sampled, msg_log) if sampled else RoundResult()
                 t_train = time.perf_counter() - t0
                 entry: dict[str, Any] = {
                     "round": round_,
@@ -252,7 +292,12 @@ class Server:
         metrics_log.close()
         msg_log.close()
         np.savez(self.run_dir / "global_params.npz", **self.params)  # type: ignore[arg-type]
-        return {"final": final, "final_eval_s": final_s, "devices": len(nodes)}
+        return {
+            "final": final,
+            "final_eval_s": final_s,
+            "enroll_s": t_enroll,
+            "devices": len(nodes),
+        }
 
 
 def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any]) -> None:

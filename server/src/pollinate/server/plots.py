@@ -9,7 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_history(history: Sequence[dict[str, Any]], path: Path) -> None:
@@ -19,7 +19,9 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, key in zip(axes[0], panels, strict=True):
         if key == "train_loss":
-            pts = [(h["round"], h["train_loss"]) for h in history if h.get("train_loss") is not None]
+            pts = [
+                (h["round"], h["train_loss"]) for h in history if h.get("train_loss") is not None
+            ]
         else:
             pts = [(h["round"], h["eval"][key]) for h in history if key in (h.get("eval") or {})]
         if pts:

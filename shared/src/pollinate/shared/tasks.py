@@ -72,9 +72,7 @@ def load_task(
     from pollinate.shared.data import load_dataset
 
     if dataset == "synthetic":
-        data = load_dataset(
-            dataset, data_dir=data_dir, n_users=synthetic_users, n_items=synthetic_items, seed=seed
-        )
+        data = load_dataset(dataset, n_users=synthetic_users, n_items=synthetic_items, seed=seed)
     else:
         data = load_dataset(dataset, data_dir=data_dir)
     return prepare_task(data, task, fold, seed)

@@ -9,7 +9,7 @@ A device's reply carries exactly two records:
   message kind (:data:`TRAIN_METRIC_KEYS`, :data:`EVAL_METRIC_KEYS`).
 
 Anything else (a local parameter, a raw item list, a rating, a ConfigRecord, an extra
-record) makes :func:`check_outgoing` raise :class:`AllowListViolation` before sending.
+record) makes :func:`check_outgoing` raise :class:`AllowListError` before sending.
 The server applies :func:`check_incoming` to every reply, which in addition rejects
 non-finite values.
 """
@@ -34,6 +34,11 @@ CONFIG_RECORD = "config"
 #: Metric keys a device may send after training.
 TRAIN_METRIC_KEYS = frozenset({"num-examples", "train-loss", "train-seconds"})
 
+#: The only metric of an enrollment reply: a stable pseudonymous key of the device,
+#: so that seeded sampling and resumed runs pick the same devices whatever node ids
+#: Flower assigns (its partition-id in a simulation, a random persisted key on a phone).
+ENROLL_METRIC_KEYS = frozenset({"device-key"})
+
 #: Rating-task evaluation sums.
 RATING_EVAL_KEYS = frozenset({"se_sum", "ae_sum", "count"})
 
@@ -51,7 +56,7 @@ def ranking_eval_keys(ks: Iterable[int]) -> frozenset[str]:
 EVAL_METRIC_KEYS = RATING_EVAL_KEYS | ranking_eval_keys((10, 20))
 
 
-class AllowListViolation(PollinateError):
+class AllowListError(PollinateError):
     """A message would carry something that is not on the allow-list.
 
     This is a privacy guard: never catch it to send the message anyway.
@@ -77,16 +82,16 @@ def _check_arrays(record: ArrayRecord, spec: ParamSpec, who: str) -> None:
     names = set(record.keys())
     extra = sorted(names - set(spec))
     if extra:
-        raise AllowListViolation(
+        raise AllowListError(
             f"{who}: arrays {extra} are not global parameters; only {sorted(spec)} may leave"
         )
     missing = sorted(set(spec) - names)
     if missing:
-        raise AllowListViolation(f"{who}: update lacks global parameters {missing}")
+        raise AllowListError(f"{who}: update lacks global parameters {missing}")
     for name, arr in record.items():
         shape, dtype = spec[name]
         if tuple(arr.shape) != shape or arr.dtype != dtype:
-            raise AllowListViolation(
+            raise AllowListError(
                 f"{who}: array {name!r} is {arr.dtype}{tuple(arr.shape)}, "
                 f"the allow-list says {dtype}{shape}"
             )
@@ -95,10 +100,10 @@ def _check_arrays(record: ArrayRecord, spec: ParamSpec, who: str) -> None:
 def _check_metrics(record: MetricRecord, allowed: frozenset[str], who: str) -> None:
     extra = sorted(set(record.keys()) - allowed)
     if extra:
-        raise AllowListViolation(f"{who}: metric keys {extra} are not on the allow-list")
+        raise AllowListError(f"{who}: metric keys {extra} are not on the allow-list")
     for key, value in record.items():
         if not isinstance(value, int | float):
-            raise AllowListViolation(f"{who}: metric {key!r} must be a scalar, not a list")
+            raise AllowListError(f"{who}: metric {key!r} must be a scalar, not a list")
 
 
 def check_outgoing(
@@ -108,33 +113,34 @@ def check_outgoing(
     spec: ParamSpec,
     metric_keys: frozenset[str] | None = None,
 ) -> None:
-    """Raise :class:`AllowListViolation` unless ``content`` is on the allow-list.
+    """Raise :class:`AllowListError` unless ``content`` is on the allow-list.
 
-    ``kind`` is ``"train"`` (an update plus training metrics) or ``"evaluate"``
-    (evaluation sums only, no arrays).
+    ``kind`` is ``"train"`` (an update plus training metrics), ``"evaluate"``
+    (evaluation sums only, no arrays) or ``"enroll"`` (the device key only).
     """
     who = f"outgoing {kind} reply"
     if kind == "train":
         allowed_records = {UPDATE_RECORD, METRICS_RECORD}
         keys = TRAIN_METRIC_KEYS if metric_keys is None else metric_keys
-    elif kind == "evaluate":
+    elif kind in ("evaluate", "enroll"):
         allowed_records = {METRICS_RECORD}
-        keys = EVAL_METRIC_KEYS if metric_keys is None else metric_keys
+        default = EVAL_METRIC_KEYS if kind == "evaluate" else ENROLL_METRIC_KEYS
+        keys = default if metric_keys is None else metric_keys
     else:
-        raise ValueError(f"kind must be 'train' or 'evaluate', got {kind!r}")
+        raise ValueError(f"kind must be 'train', 'evaluate' or 'enroll', got {kind!r}")
     extra = sorted(set(content.keys()) - allowed_records)
     if extra:
-        raise AllowListViolation(f"{who}: records {extra} may not leave a device")
+        raise AllowListError(f"{who}: records {extra} may not leave a device")
     if content.config_records:
-        raise AllowListViolation(f"{who}: config records may not leave a device")
+        raise AllowListError(f"{who}: config records may not leave a device")
     if kind == "train":
         if UPDATE_RECORD not in content.array_records:
-            raise AllowListViolation(f"{who}: the update must be an ArrayRecord named 'update'")
+            raise AllowListError(f"{who}: the update must be an ArrayRecord named 'update'")
         _check_arrays(content.array_records[UPDATE_RECORD], spec, who)
     elif content.array_records:
-        raise AllowListViolation(f"{who}: evaluation replies carry no arrays")
+        raise AllowListError(f"{who}: {kind} replies carry no arrays")
     if METRICS_RECORD not in content.metric_records:
-        raise AllowListViolation(f"{who}: metrics must be a MetricRecord named 'metrics'")
+        raise AllowListError(f"{who}: metrics must be a MetricRecord named 'metrics'")
     _check_metrics(content.metric_records[METRICS_RECORD], keys, who)
 
 
@@ -147,16 +153,16 @@ def check_incoming(
 ) -> None:
     """Server side: the allow-list check plus finiteness of every value.
 
-    Raises :class:`AllowListViolation` for a reply that must not be aggregated.
+    Raises :class:`AllowListError` for a reply that must not be aggregated.
     """
     check_outgoing(content, kind=kind, spec=spec, metric_keys=metric_keys)
     if kind == "train":
         for name, arr in content.array_records[UPDATE_RECORD].items():
             if not np.isfinite(arr.numpy()).all():
-                raise AllowListViolation(f"incoming update {name!r} has non-finite values")
+                raise AllowListError(f"incoming update {name!r} has non-finite values")
     for key, value in content.metric_records[METRICS_RECORD].items():
         if not np.isfinite(float(value)):  # type: ignore[arg-type]
-            raise AllowListViolation(f"incoming metric {key!r} is not finite")
+            raise AllowListError(f"incoming metric {key!r} is not finite")
 
 
 def record_bytes(content: RecordDict) -> int:

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``pollinate`` CLI, one module each."""

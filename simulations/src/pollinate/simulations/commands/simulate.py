@@ -1,0 +1,123 @@
+"""``pollinate simulate``: a federated run on Flower's simulation runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import PollinateError
+from pollinate.simulations.cli import app
+
+console = Console(stderr=True)
+
+
+def build_config(options: dict[str, Any], resume: Path | None) -> FederationConfig:
+    """The run's config: CLI options, or the saved config of the run being resumed."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if resume is not None:
+        saved_path = resume / "config.json"
+        if not saved_path.exists():
+            raise PollinateError(
+                f"{saved_path} does not exist; --resume takes the run directory of an earlier run"
+            )
+        saved = json.loads(saved_path.read_text())
+        # A resumed run keeps its config; it may only be extended to more rounds.
+        unexpected = sorted(set(given) - {"progress", "rounds"})
+        if unexpected:
+            raise PollinateError(
+                f"--resume continues a run with its saved config; drop {unexpected}"
+            )
+        saved.update(given)
+        return FederationConfig.from_mapping(saved)
+    cfg = FederationConfig.from_mapping(given)
+    if cfg.device_state_dir is None:
+        # Simulated devices keep their private state on "disk", as a phone would, so
+        # that an interrupted run can resume exactly.
+        cfg = cfg.model_copy(update={"device_state_dir": str(Path(cfg.out) / "devices")})
+    return cfg
+
+
+@app.command("simulate")
+def simulate(
+    dataset: Annotated[
+        str | None, typer.Option(help="synthetic, ml-100k, ml-latest-small, amazon-beauty, ...")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Folder holding the dataset folders (or POLLINATE_DATA_DIR).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="mf or interest")] = None,
+    task: Annotated[str | None, typer.Option(help="rating or ranking")] = None,
+    fold: Annotated[int | None, typer.Option(help="Rating-task fold, 0-4")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Federated rounds")] = None,
+    sample_rate: Annotated[
+        float | None, typer.Option(help="Poisson sampling rate q of devices per round")
+    ] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round")] = None,
+    server_opt: Annotated[str | None, typer.Option(help="fedavg, fedadam or fedadagrad")] = None,
+    server_lr: Annotated[
+        float | None, typer.Option(help="Server learning rate (default per optimizer)")
+    ] = None,
+    embedding_dim: Annotated[int | None, typer.Option(help="Latent dimension")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Local batch size")] = None,
+    lr_global: Annotated[
+        float | None, typer.Option(help="Device learning rate of global parameters")
+    ] = None,
+    lr_local: Annotated[
+        float | None, typer.Option(help="Device learning rate of private parameters")
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="L2 on the rows an example touches")
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="mse, bpr or sampled_softmax")] = None,
+    negatives: Annotated[
+        int | None, typer.Option(help="Negatives per example (ranking losses)")
+    ] = None,
+    history_len: Annotated[
+        int | None, typer.Option(help="Behaviour history length (interest)")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Evaluate every N rounds (0: never)")
+    ] = None,
+    eval_sample_rate: Annotated[
+        float | None, typer.Option(help="Share of devices evaluated every N rounds")
+    ] = None,
+    synthetic_users: Annotated[
+        int | None, typer.Option(help="Users of the synthetic dataset")
+    ] = None,
+    synthetic_items: Annotated[
+        int | None, typer.Option(help="Items of the synthetic dataset")
+    ] = None,
+    num_devices: Annotated[
+        int | None, typer.Option(help="Devices to wait for (default: one per user)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of sampling, initialisation and splits")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Run directory")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the interrupted run in this directory")
+    ] = None,
+    cpus_per_device: Annotated[float, typer.Option(help="Ray CPUs per virtual device")] = 1.0,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress")] = None,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's own logs")] = False,
+) -> None:
+    """Train a model across one simulated device per user with Flower, and write a run dir."""
+    options = {
+        k: v for k, v in locals().items() if k not in ("resume", "cpus_per_device", "verbose")
+    }
+    from pollinate.simulations.engine import run_federation
+
+    try:
+        cfg = build_config(options, resume)
+    except PollinateError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    run_federation(cfg, resume=resume is not None, cpus_per_device=cpus_per_device, verbose=verbose)
+    summary = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
+    console.print(f"[green]done[/green]: {cfg.out}/metrics.json  {final}")
