@@ -1,0 +1,142 @@
+"""Per-example training losses: pure functions ``loss(model, batch, generator) -> (B,)``.
+
+Every loss returns one value per example, so Opacus can clip per example; use
+``loss.sum()`` with ``loss_reduction="sum"`` under DP-SGD. Negatives are drawn from
+the explicit ``generator``, never from a global RNG.
+
+``reg`` adds ``reg * model.penalty(batch, items)``: the squared L2 norm of the rows an
+example touches (its user's rows and the scored items'), as in Surprise's SVD.
+
+``bpr``, ``sampled_softmax`` and ``mse`` score through the model's modules and work
+under Opacus's ``GradSampleModule`` (pass the wrapped or the inner model). ``softmax``
+scores the whole catalogue from the weight tables: it is for central training only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pollinate.shared.errors import ConfigError
+from pollinate.shared.models.base import Batch, RecModel
+
+
+class LossFn(Protocol):
+    def __call__(
+        self, model: nn.Module, batch: Batch, generator: torch.Generator | None
+    ) -> torch.Tensor: ...
+
+
+def unwrap(model: nn.Module) -> RecModel:
+    """The :class:`RecModel` inside an Opacus ``GradSampleModule`` (or the model itself).
+
+    The wrapper only forwards sub-modules, not methods; the hooks that collect
+    per-example gradients sit on the sub-modules, so calling the inner model is enough.
+    """
+    inner = getattr(model, "_module", model)
+    if not isinstance(inner, RecModel):
+        raise ConfigError(f"expected a RecModel, got {type(inner).__name__}")
+    return inner
+
+
+def _penalty(model: RecModel, batch: Batch, items: torch.Tensor, reg: float) -> torch.Tensor:
+    if reg == 0.0:
+        return torch.zeros((), device=items.device)
+    pen = getattr(model, "penalty", None)
+    if pen is None:
+        raise ConfigError(f"model {model.name!r} has no penalty(); use reg=0")
+    return reg * pen(batch, items)
+
+
+def sample_negatives(
+    n_items: int, shape: tuple[int, ...], generator: torch.Generator | None
+) -> torch.Tensor:
+    """Uniform random item indices of ``shape``."""
+    return torch.randint(0, n_items, shape, generator=generator)
+
+
+def mse(
+    model: nn.Module, batch: Batch, generator: torch.Generator | None = None, *, reg: float = 0.0
+) -> torch.Tensor:
+    """Squared rating error plus ``reg`` times the touched rows' squared norms."""
+    m = unwrap(model)
+    if "rating" not in batch:
+        raise ConfigError("the mse loss needs ratings; implicit data needs a ranking loss")
+    err = m.score(batch, batch["item"]) - batch["rating"]
+    return err.pow(2) + _penalty(m, batch, batch["item"], reg)
+
+
+def bpr(
+    model: nn.Module,
+    batch: Batch,
+    generator: torch.Generator | None = None,
+    *,
+    reg: float = 0.0,
+    n_negatives: int = 1,
+) -> torch.Tensor:
+    """Bayesian personalised ranking against ``n_negatives`` uniform negatives (mean)."""
+    m = unwrap(model)
+    pos = batch["item"]
+    neg = sample_negatives(m.n_items, (pos.shape[0], n_negatives), generator)
+    items = torch.cat([pos[:, None], neg], dim=1)
+    s = m.score(batch, items)
+    loss = -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(-1)
+    return loss + _penalty(m, batch, items, reg)
+
+
+def sampled_softmax(
+    model: nn.Module,
+    batch: Batch,
+    generator: torch.Generator | None = None,
+    *,
+    reg: float = 0.0,
+    n_negatives: int = 100,
+) -> torch.Tensor:
+    """Cross-entropy of the positive against ``n_negatives`` uniform negatives.
+
+    Negatives equal to the positive are masked out.
+    """
+    m = unwrap(model)
+    pos = batch["item"]
+    neg = sample_negatives(m.n_items, (pos.shape[0], n_negatives), generator)
+    items = torch.cat([pos[:, None], neg], dim=1)
+    s = m.score(batch, items)
+    s = torch.cat([s[:, :1], s[:, 1:].masked_fill(neg == pos[:, None], float("-inf"))], dim=1)
+    loss = -s.log_softmax(-1)[:, 0]
+    return loss + _penalty(m, batch, items, reg)
+
+
+def softmax(
+    model: nn.Module, batch: Batch, generator: torch.Generator | None = None, *, reg: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy over the whole catalogue (central training only, not Opacus)."""
+    m = unwrap(model)
+    s = m.score_all(batch)
+    loss = F.cross_entropy(s, batch["item"], reduction="none")
+    return loss + _penalty(m, batch, batch["item"], reg)
+
+
+LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "mse": mse,
+    "bpr": bpr,
+    "sampled_softmax": sampled_softmax,
+    "softmax": softmax,
+}
+RATING_LOSSES = ("mse",)
+RANKING_LOSSES = ("bpr", "sampled_softmax", "softmax")
+
+
+def get_loss(name: str, **hparams: Any) -> LossFn:
+    """The loss ``name`` with its hyper-parameters bound (``reg``, ``n_negatives``)."""
+    try:
+        fn = LOSSES[name]
+    except KeyError:
+        raise ConfigError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}") from None
+    if name in ("mse", "softmax"):
+        hparams.pop("n_negatives", None)
+    return partial(fn, **hparams)
