@@ -1,5 +1,9 @@
 """One training round on a device: local SGD over the whole local model.
 
+The loss of a batch is the *sum* of per-example losses, so the learning rate is a
+per-example step whatever the batch size (a light user is not averaged into tiny steps;
+Opacus uses the same ``loss_reduction="sum"``).
+
 The device trains its private parameters (learning rate ``lr_local``) and its copy of
 the global parameters (``lr_global``) together, then returns only the *update* to the
 global parameters. The private parameters stay on the device.
@@ -66,7 +70,7 @@ def train_device(
             batch = take(examples, order[start : start + cfg.batch_size])
             losses = loss_fn(model, batch, generator)
             opt.zero_grad(set_to_none=True)
-            losses.mean().backward()
+            losses.sum().backward()
             opt.step()
             total += float(losses.detach().sum())
             count += len(losses)

@@ -45,8 +45,8 @@ class FederationConfig(BaseModel):
     # Device training
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr_global: float = Field(0.05, gt=0)
-    lr_local: float = Field(0.05, gt=0)
+    lr_global: float = Field(0.01, gt=0)
+    lr_local: float = Field(0.02, gt=0)
     weight_decay: float = Field(0.02, ge=0)
     loss: Literal["mse", "bpr", "sampled_softmax"] | None = None
     negatives: int = Field(64, ge=1)

@@ -41,9 +41,7 @@ class RecModel(nn.Module, abc.ABC):
 
     def local_parameter_names(self) -> tuple[str, ...]:
         """Names of the parameters that never leave a device."""
-        return tuple(
-            n for n, _ in self.named_parameters() if n.startswith(self.LOCAL_PREFIXES)
-        )
+        return tuple(n for n, _ in self.named_parameters() if n.startswith(self.LOCAL_PREFIXES))
 
     def global_parameter_names(self) -> tuple[str, ...]:
         """Names of the parameters that the server aggregates."""

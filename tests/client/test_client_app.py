@@ -1,0 +1,123 @@
+"""The ClientApp's real handlers, called directly: what a device actually sends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from pollinate.client import app as client_app
+from pollinate.client.device_data import DeviceIndex
+from pollinate.server.federation import DEVICE_KEYS, initial_global_state
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.tasks import catalog_of, load_task
+from pollinate.shared.wire import EVAL_METRIC_KEYS, TRAIN_METRIC_KEYS, arrays_to_record
+
+CFG = FederationConfig.from_mapping(
+    {"synthetic-users": 60, "synthetic-items": 40, "embedding-dim": 4, "out": "unused"}
+)
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Iterator[None]:
+    # Messages need a run/task identity, which a SuperNode sets in a real run.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+
+
+def message(kind: str, round_: int, cfg: FederationConfig = CFG, **extra: Any) -> Message:
+    flat = cfg.to_flat()
+    config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    task = load_task(
+        cfg.dataset, task=cfg.task, seed=cfg.seed, synthetic_users=60, synthetic_items=40
+    )
+    params = initial_global_state(cfg, catalog_of(task.data))
+    content = RecordDict(
+        {
+            "global": arrays_to_record(params),
+            "config": ConfigRecord(dict(config, round=round_, **extra)),
+        }
+    )
+    msg_type = MessageType.TRAIN if kind == "train" else MessageType.EVALUATE
+    return Message(content, 1, msg_type)
+
+
+def context(partition: int) -> Context:
+    return Context(
+        run_id=1, node_id=partition + 1, node_config={"partition-id": partition},
+        state=RecordDict(), run_config={},
+    )  # fmt: skip
+
+
+def test_a_train_reply_carries_only_the_global_update() -> None:
+    ctx = context(3)
+    reply = client_app.train(message("train", 1), ctx)
+    content = reply.content
+    assert set(content.keys()) == {"update", "metrics"}
+    update = content.array_records["update"]
+    assert set(update.keys()) == {"item_factors.weight", "item_bias.weight", "global_bias.weight"}
+    assert set(content.metric_records["metrics"].keys()) <= TRAIN_METRIC_KEYS
+    # The private parameters stay in the device's state, never in the message.
+    saved = ctx.state.array_records["pollinate.local"]
+    assert set(saved.keys()) == {"user_factors.weight", "user_bias.weight"}
+    # No array in the reply is the user's item list or ratings.
+    device = DeviceIndex(
+        load_task("synthetic", task="rating", synthetic_users=60, synthetic_items=40)
+    ).device(3)
+    raw = {tuple(device.data.items), tuple(device.data.ratings)}  # type: ignore[arg-type]
+    for arr in update.values():
+        flat = arr.numpy().ravel()
+        assert tuple(flat[: len(device.data.items)]) not in raw
+
+
+def test_without_dp_the_update_reveals_touched_items_which_dp_must_hide() -> None:
+    # Documents the leak that the DP layer closes: without noise, the item rows that
+    # changed are exactly the items the device trained on.
+    reply = client_app.train(message("train", 1), context(5))
+    rows = np.abs(reply.content.array_records["update"]["item_factors.weight"].numpy()).sum(1)
+    device = DeviceIndex(
+        load_task("synthetic", task="rating", synthetic_users=60, synthetic_items=40)
+    ).device(5)
+    trained = set(device.data.items[device.split.train].tolist())
+    assert set(np.flatnonzero(rows > 0).tolist()) == trained
+
+
+def test_an_evaluation_reply_carries_sums_only() -> None:
+    reply = client_app.evaluate(message("evaluate", 2, part="valid"), context(7))
+    assert set(reply.content.keys()) == {"metrics"}
+    assert not reply.content.array_records
+    assert set(reply.content.metric_records["metrics"].keys()) <= EVAL_METRIC_KEYS
+
+
+def test_ranking_evaluation_sums_use_the_reference_names() -> None:
+    cfg = FederationConfig.from_mapping(
+        {
+            "synthetic-users": 60,
+            "synthetic-items": 40,
+            "embedding-dim": 4,
+            "task": "ranking",
+            "out": "x",
+        }
+    )
+    reply = client_app.evaluate(message("evaluate", 1, cfg, part="test"), context(2))
+    keys = set(reply.content.metric_records["metrics"].keys())
+    assert {"hr@10_sum", "ndcg@10_sum", "recall@20_sum", "mrr@10_sum", "count"} <= keys
+    assert keys <= EVAL_METRIC_KEYS
+
+
+def test_private_state_persists_across_rounds_in_the_node_state() -> None:
+    ctx = context(4)
+    client_app.train(message("train", 1), ctx)
+    first = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy().copy()
+    client_app.train(message("train", 2), ctx)
+    second = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
+    assert not np.array_equal(first, second)  # trained further from where it was
+
+
+def test_enrollment_sends_the_device_key_only() -> None:
+    reply = client_app.enroll(Message(RecordDict(), 1, "query.enroll"), context(9))
+    assert dict(reply.content.metric_records["metrics"]) == {"device-key": 9}
