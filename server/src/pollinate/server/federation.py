@@ -230,9 +230,10 @@ class Server:
     # -- the loop ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        truncate = self.start_round - 1
-        metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", truncate_after_round=truncate)
-        msg_log = JsonlWriter(self.run_dir / "messages.jsonl", truncate_after_round=truncate)
+        # A fresh run starts its logs afresh; a resumed one keeps the checkpointed rounds.
+        keep = self.start_round - 1 if self.start_round > 1 else None
+        metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", keep_through_round=keep)
+        msg_log = JsonlWriter(self.run_dir / "messages.jsonl", keep_through_round=keep)
         t_enroll = time.perf_counter()
         nodes = self.enroll(wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout), msg_log)
         t_enroll = time.perf_counter() - t_enroll

@@ -36,17 +36,18 @@ def message_entry(
 class JsonlWriter:
     """Append-only JSON-lines file, flushed after each line."""
 
-    def __init__(self, path: Path, *, truncate_after_round: int | None = None) -> None:
+    def __init__(self, path: Path, *, keep_through_round: int | None = None) -> None:
+        """Start ``path`` afresh, or (resuming) keep its lines of rounds <= the given one."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        if truncate_after_round is not None and path.exists():
-            # On resume, drop lines of rounds that the checkpoint does not cover.
+        kept: list[str] = []
+        if keep_through_round is not None and path.exists():
             kept = [
                 line
                 for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("round", 0) <= truncate_after_round
+                if line.strip() and json.loads(line).get("round", 0) <= keep_through_round
             ]
-            path.write_text("".join(line + "\n" for line in kept))
+        path.write_text("".join(line + "\n" for line in kept))
         self._fh = path.open("a")
 
     def write(self, obj: dict[str, Any]) -> None:

@@ -7,7 +7,8 @@ devices come from differs: here each virtual SuperNode plays one user of a datas
 Flower's Python entry point (``run_simulation``) gives the ServerApp an empty run config;
 we pass the resolved config through the server context of the same runtime
 (``flwr.simulation.run_simulation._run_simulation``, pinned by flwr 1.41.x). Devices get
-their configuration from the server's messages, as in a deployment.
+their configuration from the server's messages, as in a deployment. The engine installs
+:mod:`pollinate.simulations.flower_patches`, a scaling fix of Flower's message polling.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def run_federation(
     from pollinate.client.app import app as client_app
     from pollinate.server.app import RESUME_KEY
     from pollinate.server.app import app as server_app
+    from pollinate.simulations import flower_patches
 
+    flower_patches.install()
     n_devices = count_devices(cfg)
     run_config: dict[str, Any] = {k: v for k, v in cfg.to_flat().items() if v is not None}
     run_config[RESUME_KEY] = resume
