@@ -50,12 +50,13 @@ def test_each_node_gets_its_first_undelivered_message_once() -> None:
         "e": msg(3),  # expired: dropped by the state's own check
         "f": msg(99),  # not a node of this simulation
     }
+    all_ids = set(m)
     state = FakeState(m, expired={"e"})
     got = one_poll(state, {1: 0, 2: 1, 3: 2})
     assert got == [m["a"], m["d"]]
     assert all(x.metadata.delivered_at != "" for x in got)
     assert m["b"].metadata.delivered_at == ""
-    assert "e" not in state.message_ins_store and state.checked == set(m)
+    assert "e" not in state.message_ins_store and state.checked == all_ids
     assert one_poll(state, {1: 0, 2: 1, 3: 2}) == [m["b"]]
 
 
