@@ -33,6 +33,7 @@ from pollinate.shared.wire import (
     UPDATE_RECORD,
     arrays_to_record,
     check_outgoing,
+    integer,
     record_to_arrays,
     spec_of,
 )
@@ -125,7 +126,7 @@ def _prepare(
         torch.set_num_threads(1)
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
-    round_ = int(config["round"])
+    round_ = integer(config["round"], "round")
     gen = _generator(config, round_, partition, salt=int(evaluating))
     with torch.random.fork_rng():
         # Private parameters of a device that never trained: the same for every round.
@@ -196,7 +197,7 @@ def device_key(context: Context) -> int:
     if record is None:
         record = ConfigRecord({"key": secrets.randbits(63)})
         context.state["pollinate.device-key"] = record
-    return int(record["key"])  # type: ignore[call-overload]
+    return integer(record["key"], "device-key")
 
 
 @app.query("enroll")

@@ -38,7 +38,9 @@ from pollinate.shared.wire import (
     ParamSpec,
     arrays_to_record,
     check_incoming,
+    integer,
     record_to_arrays,
+    scalar,
     spec_of,
 )
 
@@ -134,7 +136,7 @@ class Server:
                 round=round_,
                 params=self.params,
                 optimizer=self.optimizer.state_dict(),
-                rng_state=self.rng.bit_generator.state,
+                rng_state=dict(self.rng.bit_generator.state),
                 extra={"history": self.history},
             ),
         )
@@ -180,9 +182,9 @@ class Server:
                 continue
             metrics = reply.content.metric_records["metrics"]
             result.updates.append(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
-            result.losses.append(float(metrics["train-loss"]))  # type: ignore[arg-type]
-            result.examples += int(metrics["num-examples"])  # type: ignore[call-overload]
-            result.device_seconds += float(metrics["train-seconds"])  # type: ignore[arg-type]
+            result.losses.append(scalar(metrics["train-loss"], "train-loss"))
+            result.examples += integer(metrics["num-examples"], "num-examples")
+            result.device_seconds += scalar(metrics["train-seconds"], "train-seconds")
         if result.updates:
             delta = mean_update(result.updates, list(self.spec))
             self.params = self.optimizer.step(self.params, delta)
@@ -199,7 +201,8 @@ class Server:
                 check_incoming(reply.content, kind="evaluate", spec=self.spec)
             except AllowListError:
                 continue
-            sums.append({k: float(v) for k, v in reply.content.metric_records["metrics"].items()})  # type: ignore[arg-type]
+            metrics = reply.content.metric_records["metrics"]
+            sums.append({k: scalar(v, k) for k, v in metrics.items()})
         return finalize(self.cfg.task, add_sums(sums))
 
     def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
@@ -217,7 +220,7 @@ class Server:
             except AllowListError:
                 continue
             key = reply.content.metric_records["metrics"]["device-key"]
-            keys[reply.metadata.src_node_id] = int(key)  # type: ignore[call-overload]
+            keys[reply.metadata.src_node_id] = integer(key, "device-key")
         if len(set(keys.values())) != len(keys):
             raise FederationError("two devices enrolled with the same device key")
         if len(keys) < len(nodes):

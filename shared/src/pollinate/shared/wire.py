@@ -165,6 +165,20 @@ def check_incoming(
             raise AllowListError(f"incoming metric {key!r} is not finite")
 
 
+def scalar(value: object, name: str) -> float:
+    """A record value that must be a single number (raises AllowListError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AllowListError(f"{name!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def integer(value: object, name: str) -> int:
+    """A record value that must be an integer (raises AllowListError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise AllowListError(f"{name!r} must be an integer, got {type(value).__name__}")
+    return value
+
+
 def record_bytes(content: RecordDict) -> int:
     """Bytes of array payload plus 8 bytes per scalar metric or config value."""
     total = 0

@@ -87,7 +87,7 @@ def run_federation(
         client_app=client_app,
         server_app=server_app,
         backend_name="ray",
-        backend_config=backend_config(cpus_per_device),  # type: ignore[arg-type]
+        backend_config=backend_config(cpus_per_device),
         server_app_context=server_context,
         verbose_logging=verbose,
     )

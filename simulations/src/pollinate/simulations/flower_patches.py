@@ -68,5 +68,5 @@ def install() -> bool:
             PATCHED_VERSIONS,
         )
         return False
-    vce_api.add_messages_to_queue = add_messages_to_queue  # type: ignore[assignment]
+    vce_api.add_messages_to_queue = add_messages_to_queue
     return True
