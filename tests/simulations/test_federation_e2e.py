@@ -100,9 +100,33 @@ def test_resume_gives_the_same_result(tmp_path: Path, rating_run: Path) -> None:
     assert [h["round"] for h in read_jsonl(out / "metrics.jsonl")] == list(range(0, 7))
 
 
-def test_empty_rounds_are_survived(tmp_path: Path) -> None:
-    out = simulate(tmp_path, "sparse", rounds=4, **{"sample-rate": 0.004, "eval-every": 0})
+def test_the_cli_survives_empty_rounds(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pollinate.simulations.cli import app
+
+    out = tmp_path / "sparse"
+    result = CliRunner().invoke(
+        app,
+        [
+            "simulate", "--synthetic-users", "120", "--synthetic-items", "80",
+            "--embedding-dim", "8", "--rounds", "4", "--sample-rate", "0.004",
+            "--eval-every", "0", "--no-progress", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
     history = read_jsonl(out / "metrics.jsonl")
     assert [h["round"] for h in history] == [1, 2, 3, 4]
     assert any(h["sampled"] == 0 and h["train_loss"] is None for h in history)
     assert "rmse" in json.loads((out / "metrics.json").read_text())["final"]
+    assert (out / "devices").is_dir()  # simulated devices keep private state on "disk"
+
+
+def test_the_cli_rejects_a_bad_option_before_starting() -> None:
+    from typer.testing import CliRunner
+
+    from pollinate.simulations.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--sample-rate", "2"])
+    assert result.exit_code == 2
+    assert "sample-rate" in result.output

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import ConfigError
+
+
+def test_dashed_and_underscored_keys_are_the_same_setting() -> None:
+    a = FederationConfig.from_mapping({"sample-rate": 0.5, "local_epochs": 2})
+    assert a.sample_rate == 0.5 and a.local_epochs == 2
+    assert a.to_flat()["sample-rate"] == 0.5
+
+
+def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown configuration keys \['sample-rat'\].*sample-rate"
+    ):
+        FederationConfig.from_mapping({"sample-rat": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"sample-rate": 0.0}, "sample-rate"),
+        ({"sample-rate": 1.5}, "sample-rate"),
+        ({"rounds": 0}, "rounds"),
+        ({"fold": 5}, "fold"),
+        ({"model": "svd"}, "model"),
+        ({"model": "interest", "task": "rating"}, "ranks items"),
+        ({"task": "ranking", "loss": "mse"}, "does not fit"),
+    ],
+)
+def test_bad_values_say_what_is_wrong(values: dict[str, object], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        FederationConfig.from_mapping(values)
+
+
+def test_defaults_follow_the_task_and_model() -> None:
+    assert FederationConfig().effective_loss == "mse"
+    ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
+    assert ranking.effective_loss == "sampled_softmax"
+    assert ranking.effective_server_lr == 0.03
+    assert FederationConfig.from_mapping({"server-lr": 2.0}).effective_server_lr == 2.0
