@@ -31,12 +31,15 @@ def info(
         raise typer.Exit(2) from None
     table = Table(title=name, show_header=False)
     for key, value in dataset_info(data).items():
-        table.add_row(
-            str(key),
-            f"{value:,.6g}"
-            if isinstance(value, float)
-            else f"{value:,}"
-            if isinstance(value, int)
-            else str(value),
-        )
+        table.add_row(str(key), _show(value))
     console.print(table)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    return str(value)
