@@ -68,6 +68,7 @@ def train_epoch(
 class EarlyStopping:
     """Track a validation metric, keep the best weights, say when to stop.
 
+    Stops after ``patience`` consecutive epochs without improvement (0: at the first).
     ``mode="min"`` for errors (RMSE), ``"max"`` for ranking quality (NDCG).
     """
 
@@ -102,7 +103,7 @@ class EarlyStopping:
             self.bad_epochs = 0
         else:
             self.bad_epochs += 1
-        return self.bad_epochs > self.patience
+        return self.bad_epochs >= self.patience
 
     def restore(self, model: nn.Module) -> None:
         """Load the best weights seen (no-op before the first step)."""
