@@ -79,3 +79,22 @@ def test_rating_evaluation_clips_to_the_scale() -> None:
     assert evaluate_rating(model, ex)["rmse"] == pytest.approx(np.sqrt((4 + 16) / 2))
     with pytest.raises(ConfigError):
         evaluate_rating(model, {"user": ex["user"], "item": ex["item"]})
+
+
+def test_fast_accuracy_path_matches_the_full_evaluator() -> None:
+    rng = np.random.default_rng(0)
+    n_users, n_items = 40, 25
+    users = np.repeat(np.arange(n_users), 6)
+    items = np.concatenate([rng.choice(n_items, 6, replace=False) for _ in range(n_users)])
+    data = Interactions(
+        "toy", users, items, None, np.arange(len(users)), np.arange(n_users), np.arange(n_items)
+    )
+    split = leave_last_out(data)
+    # Coarse scores make ties, which both paths must break pessimistically.
+    model = _Fixed(np.round(rng.normal(size=n_items), 1).tolist())
+    for part in ("valid", "test"):
+        full = evaluate_ranking(model, data, split, part, ks=(3, 10))  # type: ignore[arg-type]
+        fast = evaluate_ranking(model, data, split, part, ks=(3, 10), full=False)  # type: ignore[arg-type]
+        assert set(fast) <= set(full)
+        for key, value in fast.items():
+            assert value == pytest.approx(full[key], abs=1e-12), key

@@ -47,7 +47,7 @@ from pollinate.shared.training import (
 
 Task = Literal["rating", "ranking"]
 ModelName = Literal["mf", "interest"]
-LossName = Literal["mse", "bpr", "sampled_softmax", "softmax"]
+LossName = Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"]
 OptimizerName = Literal["sgd", "adam"]
 
 #: The metrics reported under ``final`` for each task.
@@ -334,7 +334,7 @@ class _Trainer:
             valid = ranking_examples(model, data, split, "valid")
 
             def evaluate(m: nn.Module) -> dict[str, float]:
-                return evaluate_ranking(m, data, split, "valid", examples=valid)
+                return evaluate_ranking(m, data, split, "valid", examples=valid, full=False)
 
             monitor, mode = "ndcg@10", "max"
         task_id = bar.add_task("train", total=hp.epochs * n_examples(train), status="")

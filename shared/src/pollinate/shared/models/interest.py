@@ -170,12 +170,14 @@ class InterestModel(RecModel):
             bias = bias + g[..., -1]
         return vec, bias
 
-    def _item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Vectors and biases of every real item, read from the weights (no Opacus)."""
-        vec = self.item_emb.weight[: self.n_items]
-        bias = self.item_bias.weight[: self.n_items, 0]
+    def _item_table(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vectors and biases of ``items`` (all real items when ``None``), read from the
+        weights directly (no Opacus)."""
+        idx = torch.arange(self.n_items) if items is None else items
+        vec = self.item_emb.weight[idx]
+        bias = self.item_bias.weight[idx, 0]
         if self.genre_proj is not None:
-            g = self.item_genres[: self.n_items] @ self.genre_proj.weight.T
+            g = self.item_genres[idx] @ self.genre_proj.weight.T
             vec = vec + g[:, :-1]
             bias = bias + g[:, -1]
         return vec, bias
@@ -229,11 +231,16 @@ class InterestModel(RecModel):
             return (u * v).sum(-1) + b + offset
         return torch.einsum("bd,bmd->bm", u, v) + b + offset.unsqueeze(-1)
 
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        # Differentiable, but reads the item tables directly: central use only.
+    def score_items(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the same candidates ``items`` (M,) for every example, (B, M); all
+        items when ``None``. Differentiable, but reads the item tables directly:
+        central use only."""
         u, offset = self._user_terms(batch)
-        v, b = self._item_table()
+        v, b = self._item_table(items)
         return u @ v.T + b + offset.unsqueeze(-1)
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        return self.score_items(batch)
 
     def penalty(self, batch: Batch, items: torch.Tensor) -> torch.Tensor:
         """Per-example squared L2 norm of the user's rows and the touched item rows, (B,)."""

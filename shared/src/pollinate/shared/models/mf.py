@@ -89,11 +89,18 @@ class BiasedMF(RecModel):
             return (p * q).sum(-1) + b + offset
         return torch.einsum("bd,bmd->bm", p, q) + b + offset.unsqueeze(-1)
 
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        # Differentiable, but it reads the item tables directly: central training and
-        # evaluation only (not per-example gradients under Opacus).
+    def score_items(self, batch: Batch, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of the same candidates ``items`` (M,) for every example, (B, M); all
+        items when ``None``. Differentiable, but it reads the item tables directly:
+        central training and evaluation only (no per-example gradients under Opacus)."""
         p, offset = self._user_terms(batch)
-        return p @ self.item_factors.weight.T + self.item_bias.weight.T + offset.unsqueeze(-1)
+        q, b = self.item_factors.weight, self.item_bias.weight[:, 0]
+        if items is not None:
+            q, b = q[items], b[items]
+        return p @ q.T + b + offset.unsqueeze(-1)
+
+    def score_all(self, batch: Batch) -> torch.Tensor:
+        return self.score_items(batch)
 
     def penalty(self, batch: Batch, items: torch.Tensor) -> torch.Tensor:
         """Per-example squared L2 norm of the rows an example touches, (B,).

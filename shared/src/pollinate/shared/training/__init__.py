@@ -26,6 +26,7 @@ from pollinate.shared.training.loop import (
 )
 from pollinate.shared.training.losses import (
     LOSSES,
+    OPACUS_LOSSES,
     RANKING_LOSSES,
     RATING_LOSSES,
     LossFn,
@@ -34,12 +35,14 @@ from pollinate.shared.training.losses import (
     mse,
     sample_negatives,
     sampled_softmax,
+    shared_softmax,
     softmax,
     unwrap,
 )
 
 __all__ = [
     "LOSSES",
+    "OPACUS_LOSSES",
     "RANKING_LOSSES",
     "RATING_LOSSES",
     "EarlyStopping",
@@ -61,6 +64,7 @@ __all__ = [
     "ranking_examples",
     "sample_negatives",
     "sampled_softmax",
+    "shared_softmax",
     "softmax",
     "take",
     "train_epoch",

@@ -91,6 +91,26 @@ class _UserItems:
         return ex, self.items[first + np.arange(len(ex))]
 
 
+def _accuracy_sums(
+    scores: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor, ks: Sequence[int]
+) -> dict[str, float]:
+    """HR, recall, NDCG and MRR sums of one-target rows, by the same pessimistic rule as
+    :mod:`pollinate.shared.metrics`: ``rank = #{non-excluded i : s_i >= s_target}``, and
+    an excluded target is a miss. A single pass over the scores, no top-K lists."""
+    s = scores.to(torch.float32)
+    target_score = s.gather(1, targets[:, None])
+    rank = ((s >= target_score) & ~exclude).sum(1).to(torch.float64)
+    rank = torch.where(exclude.gather(1, targets[:, None])[:, 0], torch.inf, rank)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = rank <= k
+        out[f"hr@{k}"] = float(hit.sum())
+        out[f"recall@{k}"] = out[f"hr@{k}"]
+        out[f"ndcg@{k}"] = float(torch.where(hit, 1.0 / torch.log2(rank + 1.0), 0.0).sum())
+        out[f"mrr@{k}"] = float(torch.where(hit, 1.0 / rank, 0.0).sum())
+    return out
+
+
 @torch.no_grad()
 def evaluate_ranking(
     model: nn.Module,
@@ -101,12 +121,15 @@ def evaluate_ranking(
     batch_size: int = 1024,
     ks: Sequence[int] = (10, 20),
     examples: Examples | None = None,
+    full: bool = True,
 ) -> dict[str, float]:
     """Full-ranking metrics of ``part`` rows (``hr@10``, ``ndcg@10``, ``recall@20``, ...).
 
     Every item is scored; the user's context items (see :func:`context_rows`) are
     excluded. Novelty uses the popularity of items in the context rows. Pass
     ``examples`` (built by :func:`ranking_examples`) to reuse them across epochs.
+    ``full=False`` computes only the accuracy metrics (HR, recall, NDCG, MRR), by the
+    same definitions in a single cheap pass: enough to monitor early stopping.
     """
     m = unwrap(model)
     context = context_rows(split, part)
@@ -114,13 +137,18 @@ def evaluate_ranking(
     if examples is None:
         examples = ranking_examples(m, data, split, part)
     seen = _UserItems(data, context)
-    evaluator = RankingEvaluator(
-        data.n_items,
-        ks=tuple(ks),
-        item_popularity=np.bincount(data.items[context], minlength=data.n_items),
-        n_popularity_users=data.n_users,
-        item_genres=data.item_genres,
+    evaluator = (
+        RankingEvaluator(
+            data.n_items,
+            ks=tuple(ks),
+            item_popularity=np.bincount(data.items[context], minlength=data.n_items),
+            n_popularity_users=data.n_users,
+            item_genres=data.item_genres,
+        )
+        if full
+        else None
     )
+    sums: dict[str, float] = {}
     was_training = m.training
     m.eval()
     try:
@@ -129,10 +157,19 @@ def evaluate_ranking(
             users = batch["user"].numpy()
             ex, items = seen.pairs(users)
             exclude = exclusion_mask(len(users), data.n_items, ex, items)
-            evaluator.add(m.score_all(batch), batch["item"], exclude)
+            scores = m.score_all(batch)
+            if evaluator is not None:
+                evaluator.add(scores, batch["item"], exclude)
+            else:
+                for key, value in _accuracy_sums(scores, batch["item"], exclude, ks).items():
+                    sums[key] = sums.get(key, 0.0) + value
     finally:
         m.train(was_training)
-    return {k: float(v) for k, v in evaluator.result().items()}
+    if evaluator is not None:
+        return {k: float(v) for k, v in evaluator.result().items()}
+    if not len(rows):
+        raise ConfigError(f"no {part} rows to evaluate")
+    return {k: v / len(rows) for k, v in sums.items()}
 
 
 def ranking_examples(

@@ -30,7 +30,8 @@ def centralized(
     reg: Annotated[float | None, typer.Option(help="L2 on the rows each example touches")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay")] = None,
     loss: Annotated[
-        str | None, typer.Option(help="mse (rating); bpr, sampled_softmax, softmax (ranking)")
+        str | None,
+        typer.Option(help="mse (rating); bpr, sampled_softmax, shared_softmax, softmax (ranking)"),
     ] = None,
     negatives: Annotated[int | None, typer.Option(help="Negatives per example")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per step")] = None,
