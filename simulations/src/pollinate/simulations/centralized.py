@@ -6,7 +6,7 @@ pydantic model validated once; hyper-parameters left unset take the tuned defaul
 ``(model, task)``. Both were chosen on validation data only.
 
 Training early-stops on the validation rows (patience, best weights restored). With
-``refit`` (the default for ratings), a fresh model is then trained on training +
+``refit`` (the default), a fresh model is then trained on training +
 validation rows for the best number of epochs, and that model is tested; the report
 keeps the early-stopped model's test metrics too (``final_early_stopped``).
 """
@@ -96,7 +96,7 @@ _BASE: dict[str, Any] = {
     "n_layers": 1,
     "n_heads": 1,
     "dropout": 0.2,
-    "refit": False,
+    "refit": True,
 }
 
 #: Generic defaults by (model, task).
@@ -112,15 +112,15 @@ GENERIC_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
         "batch_size": 256,
         "optimizer": "sgd",
         "init_std": 0.02,
-        "refit": True,
     },
     ("mf", "ranking"): _BASE
     | {
         "epochs": 50,
         "dim": 64,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "reg": 0.0,
-        "loss": "softmax",
+        "loss": "shared_softmax",
+        "n_negatives": 1000,
         "batch_size": 512,
         "optimizer": "adam",
         "init_std": 0.1,
@@ -140,12 +140,14 @@ GENERIC_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     | {
         "epochs": 50,
         "dim": 64,
-        "lr": 1e-3,
+        "lr": 2e-3,
         "reg": 0.0,
-        "loss": "softmax",
-        "batch_size": 256,
+        "loss": "shared_softmax",
+        "n_negatives": 1000,
+        "batch_size": 512,
         "optimizer": "adam",
         "init_std": 0.02,
+        "dropout": 0.3,
     },
 }
 
@@ -153,6 +155,8 @@ GENERIC_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 #: generic ones. See simulations/benchmarks/RESULTS.md.
 TUNED_DEFAULTS: dict[tuple[str, str, str], dict[str, Any]] = {
     ("ml-latest-small", "mf", "rating"): {"dim": 64, "reg": 0.05},
+    # Beauty histories are short (8.9 interactions a user on average).
+    ("amazon-beauty", "interest", "ranking"): {"history_len": 20},
 }
 
 
