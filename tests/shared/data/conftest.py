@@ -8,13 +8,21 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: Hand-written miniature files in each format. They are stored as ``NAME.fixture`` so
+#: that no file in the repository carries a licensed dataset's file name (the project's
+#: rule), and are copied under their real names into a temporary folder for the tests.
+FIXTURE_SOURCES = Path(__file__).resolve().parent / "fixtures"
 REAL_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-@pytest.fixture
-def fixtures() -> Path:
-    return FIXTURES
+@pytest.fixture(scope="session")
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fixtures")
+    for src in FIXTURE_SOURCES.rglob("*.fixture"):
+        dest = root / src.relative_to(FIXTURE_SOURCES).with_suffix("")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+    return root
 
 
 @pytest.fixture
@@ -32,12 +40,12 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def copy_fixture(tmp_path: Path):
+def copy_fixture(tmp_path: Path, fixtures: Path):
     """Copy a fixture folder into ``tmp_path/<dest>/<name>`` and return the copy."""
 
     def copy(name: str, dest: str = "data") -> Path:
         target = tmp_path / dest / name
-        shutil.copytree(FIXTURES / name, target)
+        shutil.copytree(fixtures / name, target)
         return target
 
     return copy
