@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from pollinate.server.federation import Server, write_summary
 from pollinate.server.plots import plot_history
 from pollinate.shared.config import FederationConfig
-from pollinate.shared.tasks import catalog_of, load_task
+from pollinate.shared.tasks import catalog_of, load_task_for
 
 app = ServerApp()
 
@@ -26,15 +26,7 @@ RESUME_KEY = "resume"
 
 def run_server(grid: Grid, cfg: FederationConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run a whole federation on ``grid`` and write the run directory ``cfg.out``."""
-    task_data = load_task(
-        cfg.dataset,
-        task=cfg.task,
-        data_dir=cfg.data_dir,
-        fold=cfg.fold,
-        seed=cfg.seed,
-        synthetic_users=cfg.synthetic_users,
-        synthetic_items=cfg.synthetic_items,
-    )
+    task_data = load_task_for(cfg)
     # The server keeps the item catalogue only; the rows stay with the devices.
     catalog = catalog_of(task_data.data)
     n_devices = cfg.num_devices or task_data.data.n_users

@@ -10,7 +10,7 @@ The centralized reference, the simulated devices and the server's catalogue all 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from pollinate.shared.data.splits import (
     rating_split,
 )
 from pollinate.shared.data.types import Interactions, filter_min_interactions
+
+if TYPE_CHECKING:
+    from pollinate.shared.config import FederationConfig
 
 Task = Literal["rating", "ranking"]
 
@@ -76,3 +79,16 @@ def load_task(
     else:
         data = load_dataset(dataset, data_dir=data_dir)
     return prepare_task(data, task, fold, seed)
+
+
+def load_task_for(cfg: FederationConfig) -> TaskData:
+    """The task data of a federated run's config (what the server and engine size from)."""
+    return load_task(
+        cfg.dataset,
+        task=cfg.task,
+        data_dir=cfg.data_dir,
+        fold=cfg.fold,
+        seed=cfg.seed,
+        synthetic_users=cfg.synthetic_users,
+        synthetic_items=cfg.synthetic_items,
+    )

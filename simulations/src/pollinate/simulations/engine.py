@@ -20,7 +20,7 @@ from typing import Any
 from flwr.app import Context, RecordDict
 
 from pollinate.shared.config import FederationConfig
-from pollinate.shared.tasks import load_task
+from pollinate.shared.tasks import load_task_for
 
 #: Ray resources per virtual device. Flower's default (2 CPUs) runs one device at a
 #: time on a 2-core machine; one CPU each runs one device per core.
@@ -31,15 +31,7 @@ def count_devices(cfg: FederationConfig) -> int:
     """Number of virtual devices: one per user of the prepared task data."""
     if cfg.num_devices:
         return cfg.num_devices
-    task = load_task(
-        cfg.dataset,
-        task=cfg.task,
-        data_dir=cfg.data_dir,
-        fold=cfg.fold,
-        seed=cfg.seed,
-        synthetic_users=cfg.synthetic_users,
-        synthetic_items=cfg.synthetic_items,
-    )
+    task = load_task_for(cfg)
     return task.data.n_users
 
 
