@@ -21,10 +21,17 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from pollinate.client.device_data import DeviceData, DeviceIndex
+from pollinate.client.dp_training import (
+    LocalDPConfig,
+    default_local_delta,
+    device_epsilon,
+    train_device_dp,
+)
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
 from pollinate.client.training import LocalTrainConfig, train_device
 from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter
 from pollinate.shared.tasks import load_task
 from pollinate.shared.wire import (
     CONFIG_RECORD,
@@ -151,26 +158,119 @@ def _local_state(model: RecModel) -> dict[str, np.ndarray]:
     return {k: params[k].detach().numpy().copy() for k in model.local_parameter_names()}
 
 
+def _train_config(config: Mapping[str, Any], device: DeviceData) -> LocalTrainConfig:
+    loss = config.get("loss") or ("mse" if device.task == "rating" else "sampled_softmax")
+    return LocalTrainConfig(
+        loss=str(loss),
+        reg=float(config["weight-decay"]),
+        negatives=int(config["negatives"]),
+        epochs=int(config["local-epochs"]),
+        batch_size=int(config["batch-size"]),
+        lr_global=float(config["lr-global"]),
+        lr_local=float(config["lr-local"]),
+        history_len=int(config["history-len"]),
+    )
+
+
+def _optional_float(config: Mapping[str, Any], key: str) -> float | None:
+    value = config.get(key)
+    return None if value is None else float(value)
+
+
+def local_dp_config(config: Mapping[str, Any]) -> LocalDPConfig:
+    """The device's DP-SGD settings from the round's config."""
+    return LocalDPConfig(
+        clip_norm=float(config["local-clip"]),
+        noise_multiplier=_optional_float(config, "local-noise"),
+        target_epsilon=_optional_float(config, "local-epsilon"),
+        planned_rounds=int(config["rounds"]),
+        delta=_optional_float(config, "local-delta"),
+        epsilon_budget=_optional_float(config, "local-epsilon-budget"),
+        accountant=str(config.get("local-accountant", "rdp")),  # type: ignore[arg-type]
+        secure_rng=config.get("noise-seed") is None,
+    )
+
+
+def _ledger(config: Mapping[str, Any], context: Context) -> LedgerWriter | None:
+    """Where this device's DP releases are logged: the run's ledger for a simulated device,
+    its own state directory for a real one (which never writes to a server path)."""
+    if _simulated(context) and config.get("run-ledger"):
+        return LedgerWriter(Path(str(config["run-ledger"])))
+    root = config.get("device-state-dir")
+    if root:
+        return LedgerWriter(Path(str(root)) / f"device-{device_key(context)}" / "ledger.jsonl")
+    return None
+
+
+def _train_private(
+    config: dict[str, Any],
+    context: Context,
+    device: DeviceData,
+    model: RecModel,
+    store: LocalStateStore,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, int | float]]:
+    """A DP-SGD round. The accountant's history, the private parameters and the ledger
+    event are all written *before* this returns, that is before the update can leave."""
+    round_ = int(config["round"])
+    dp = local_dp_config(config)
+    history = store.load_history()
+    partition = int(context.node_config.get("partition-id", 0))
+    noise_gen = _generator({"seed": config.get("noise-seed") or 0}, round_, partition, salt=3)
+    ledger = _ledger(config, context)
+    key = str(device_key(context))
+
+    def before_release(new_history: list[tuple[float, float, int]]) -> None:
+        store.save_history(new_history)
+        store.save(round_, _local_state(model))
+        if ledger is not None:
+            z, q, steps = new_history[-1]
+            delta = (
+                dp.delta if dp.delta is not None else default_local_delta(len(device.split.train))
+            )
+            ledger.append(
+                LedgerEvent(
+                    layer="local",
+                    unit="interaction",
+                    round=round_,
+                    device=key,
+                    mechanism="DP-SGD (Opacus): Poisson-sampled, per-example clipped Gaussian",
+                    noise_multiplier=z,
+                    sample_rate=q,
+                    steps=steps,
+                    clip_norm=dp.clip_norm,
+                    delta=delta,
+                    accountant=f"opacus-{dp.accountant}",
+                    epsilon=device_epsilon(new_history, delta, dp.accountant),
+                )
+            )
+
+    outcome = train_device_dp(
+        model, device, _train_config(config, device), dp, history, noise_gen,
+        before_release=before_release,
+    )  # fmt: skip
+    metrics: dict[str, int | float] = {
+        "num-examples": outcome.n_examples,
+        "train-seconds": outcome.seconds,
+        "local-epsilon": outcome.epsilon,
+    }
+    if outcome.update is None:
+        metrics["dp-stopped"] = 1
+    return outcome.update, metrics
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
     config, device, model, store, gen = _prepare(message, context, evaluating=False)
     spec = spec_of(model.global_state())
-    loss = config.get("loss") or ("mse" if device.task == "rating" else "sampled_softmax")
-    outcome = train_device(
-        model,
-        device,
-        LocalTrainConfig(
-            loss=str(loss),
-            reg=float(config["weight-decay"]),
-            negatives=int(config["negatives"]),
-            epochs=int(config["local-epochs"]),
-            batch_size=int(config["batch-size"]),
-            lr_global=float(config["lr-global"]),
-            lr_local=float(config["lr-local"]),
-            history_len=int(config["history-len"]),
-        ),
-        gen,
-    )
+    if config.get("dp") in ("local", "both"):
+        update, metrics = _train_private(config, context, device, model, store)
+        records: dict[str, Any] = {METRICS_RECORD: MetricRecord(metrics)}  # type: ignore[arg-type]
+        if update is not None:
+            records[UPDATE_RECORD] = arrays_to_record(update)
+        content = RecordDict(records)
+        check_outgoing(content, kind="train", spec=spec)
+        return Message(content=content, reply_to=message)
+    outcome = train_device(model, device, _train_config(config, device), gen)
     store.save(int(config["round"]), _local_state(model))
     content = RecordDict(
         {

@@ -24,11 +24,14 @@ from pollinate.server.aggregate import mean_update
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize
 from pollinate.server.optimizers import make_server_optimizer
+from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.runlog import JsonlWriter, message_entry
 from pollinate.server.sampling import poisson_sample
+from pollinate.server.user_dp import noise_source, noisy_mean
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
 from pollinate.shared.models.base import build_model
+from pollinate.shared.privacy.ledger import LedgerWriter, read_ledger
 from pollinate.shared.tasks import Catalog
 from pollinate.shared.wire import (
     CONFIG_RECORD,
@@ -50,8 +53,13 @@ Arrays = dict[str, np.ndarray]
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "history-len", "local-epochs", "batch-size", "lr-global", "lr-local",
-    "weight-decay", "negatives", "seed", "device-state-dir",
+    "weight-decay", "negatives", "seed", "device-state-dir", "rounds",
+    "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
+    "local-accountant", "noise-seed",
 )  # fmt: skip
+
+#: Config key of the run ledger's path, sent to simulated devices only (see client.app).
+RUN_LEDGER_KEY = "run-ledger"
 
 
 class FederationError(PollinateError):
@@ -66,6 +74,10 @@ class RoundResult:
     device_seconds: float = 0.0
     rejected: int = 0
     failed: int = 0
+    dp_stopped: int = 0
+    local_epsilons: list[float] = field(default_factory=list)
+    update_norms: list[float] = field(default_factory=list)
+    user_epsilon: float | None = None
 
 
 def initial_global_state(cfg: FederationConfig, catalog: Catalog) -> Arrays:
@@ -117,6 +129,11 @@ class Server:
         self.history: list[dict[str, Any]] = []
         flat = cfg.to_flat()
         self.device_config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+        self.ledger_path = self.run_dir / "ledger.jsonl"
+        self.device_config[RUN_LEDGER_KEY] = str(self.ledger_path.resolve())
+        self.user_privacy = UserPrivacy.from_config(cfg, n_devices) if cfg.user_dp else None
+        self.noise = noise_source(cfg.noise_seed, role="user-level noise")
+        self.stopped_reason: str | None = None
 
     # -- persistence ---------------------------------------------------------------
     def resume(self) -> None:
@@ -128,6 +145,17 @@ class Server:
         self.rng.bit_generator.state = ckpt.rng_state
         self.history = ckpt.extra.get("history", [])
         self.start_round = ckpt.round + 1
+        noise_state = ckpt.extra.get("noise_rng_state")
+        if noise_state is not None and self.cfg.noise_seed is not None:
+            self.noise.rng.bit_generator.state = noise_state
+        if self.user_privacy is not None and self.ledger_path.exists():
+            # Every round ever released counts, including any released after the last
+            # checkpoint and released again now: ε is over-counted, never under-counted.
+            self.user_privacy.rounds = [
+                (e.noise_multiplier, e.sample_rate)
+                for e in read_ledger(self.ledger_path)
+                if e.layer == "user"
+            ]
 
     def checkpoint(self, round_: int) -> None:
         save_checkpoint(
@@ -137,7 +165,14 @@ class Server:
                 params=self.params,
                 optimizer=self.optimizer.state_dict(),
                 rng_state=dict(self.rng.bit_generator.state),
-                extra={"history": self.history},
+                extra={
+                    "history": self.history,
+                    # A secure generator's state is never written to disk: it would let
+                    # whoever reads the checkpoint reconstruct the noise.
+                    "noise_rng_state": dict(self.noise.rng.bit_generator.state)
+                    if self.cfg.noise_seed is not None
+                    else None,
+                },
             ),
         )
 
@@ -181,14 +216,43 @@ class Server:
                 result.rejected += 1
                 continue
             metrics = reply.content.metric_records["metrics"]
+            if "local-epsilon" in metrics:
+                result.local_epsilons.append(scalar(metrics["local-epsilon"], "local-epsilon"))
+            if UPDATE_RECORD not in reply.content.array_records:
+                result.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
+                continue
             result.updates.append(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
-            result.losses.append(scalar(metrics["train-loss"], "train-loss"))
+            if "train-loss" in metrics:
+                result.losses.append(scalar(metrics["train-loss"], "train-loss"))
             result.examples += integer(metrics["num-examples"], "num-examples")
             result.device_seconds += scalar(metrics["train-seconds"], "train-seconds")
-        if result.updates:
-            delta = mean_update(result.updates, list(self.spec))
-            self.params = self.optimizer.step(self.params, delta)
+        self.aggregate(round_, result)
         return result
+
+    def aggregate(self, round_: int, result: RoundResult) -> None:
+        """Apply the round's updates: a plain equal-weight mean, or the user-level DP one.
+
+        Under user-level DP every round releases noise, even one that no device joined,
+        and the ledger event is appended before the new parameters are used anywhere.
+        """
+        up = self.user_privacy
+        if up is None:
+            if result.updates:
+                delta = mean_update(result.updates, list(self.spec))
+                self.params = self.optimizer.step(self.params, delta)
+            return
+        delta, result.update_norms = noisy_mean(
+            result.updates,
+            self.spec,
+            clip=up.clip,
+            noise_multiplier=up.noise_multiplier,
+            expected_devices=up.expected_devices,
+            rng=self.noise.rng,
+        )
+        event = up.release(round_)
+        LedgerWriter(self.ledger_path).append(event)
+        result.user_epsilon = event.epsilon
+        self.params = self.optimizer.step(self.params, delta)
 
     def evaluate(
         self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
@@ -236,6 +300,9 @@ class Server:
         # A fresh run starts its logs afresh; a resumed one keeps the checkpointed rounds.
         keep = self.start_round - 1 if self.start_round > 1 else None
         metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", keep_through_round=keep)
+        if keep is None and self.ledger_path.exists():
+            # A new run in an old directory: keep the old ledger beside, untouched.
+            self.ledger_path.rename(self.run_dir / f"ledger.before-{time.time_ns()}.jsonl")
         msg_log = JsonlWriter(self.run_dir / "messages.jsonl", keep_through_round=keep)
         t_enroll = time.perf_counter()
         nodes = self.enroll(wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout), msg_log)
@@ -265,8 +332,20 @@ class Server:
                 self.history.append(entry0)
             for round_ in range(self.start_round, cfg.rounds + 1):
                 t0 = time.perf_counter()
+                if self.user_privacy is not None and not self.user_privacy.next_round_allowed():
+                    self.stopped_reason = (
+                        f"user-level budget: round {round_} would spend ε = "
+                        f"{self.user_privacy.epsilon_after_next():.4g} > "
+                        f"{self.user_privacy.budget} (δ = {self.user_privacy.delta:.3g})"
+                    )
+                    progress.update(bar, status=f"stopped: {self.stopped_reason}")
+                    break
                 sampled = poisson_sample(nodes, cfg.sample_rate, self.rng)
-                result = self.train_round(round_, sampled, msg_log) if sampled else RoundResult()
+                if sampled:
+                    result = self.train_round(round_, sampled, msg_log)
+                else:
+                    result = RoundResult()
+                    self.aggregate(round_, result)
                 t_train = time.perf_counter() - t0
                 entry: dict[str, Any] = {
                     "round": round_,
@@ -279,6 +358,19 @@ class Server:
                     "train_wall_s": t_train,
                     "device_train_s": result.device_seconds,
                 }
+                if cfg.local_dp:
+                    entry["dp_stopped"] = result.dp_stopped
+                    entry["local_epsilon_max"] = max(result.local_epsilons, default=None)
+                if self.user_privacy is not None:
+                    entry["user_epsilon"] = result.user_epsilon
+                    entry["update_norm_median"] = (
+                        float(np.median(result.update_norms)) if result.update_norms else None
+                    )
+                    entry["clipped_fraction"] = (
+                        float(np.mean(np.asarray(result.update_norms) > self.user_privacy.clip))
+                        if result.update_norms
+                        else None
+                    )
                 if cfg.eval_every and round_ % cfg.eval_every == 0:
                     eval_nodes = poisson_sample(nodes, cfg.eval_sample_rate, self.rng)
                     entry["eval_devices"] = len(eval_nodes)
@@ -301,7 +393,39 @@ class Server:
             "final_eval_s": final_s,
             "enroll_s": t_enroll,
             "devices": len(nodes),
+            "rounds_completed": len([h for h in self.history if h["round"] >= 1]),
+            "stopped_reason": self.stopped_reason,
+            "privacy": self.privacy_report(len(nodes)),
         }
+
+    def privacy_report(self, n_devices: int) -> dict[str, Any]:
+        """What metrics.json says about privacy: ε per layer from the ledger, and how."""
+        cfg = self.cfg
+        report: dict[str, Any] = {"dp": cfg.dp}
+        if cfg.dp == "none":
+            report["statement"] = "no differential privacy: updates are sent and used as is"
+            return report
+        report.update(privacy_summary(self.ledger_path, n_devices))
+        if self.user_privacy is not None:
+            report.setdefault("user", {}).update(self.user_privacy.describe())
+            report["user"]["noise_source"] = self.noise.description
+        if cfg.local_dp:
+            local = report.setdefault("local", {"epsilon_max": 0.0, "epsilon_median": 0.0})
+            local.update(
+                {
+                    "clip": cfg.local_clip,
+                    "noise_multiplier": cfg.local_noise,
+                    "target_epsilon": cfg.local_epsilon,
+                    "budget": cfg.local_epsilon_budget,
+                    "noise_source": "device: "
+                    + (
+                        f"SEEDED with {cfg.noise_seed} (simulation only)"
+                        if cfg.noise_seed is not None
+                        else "secure (seeded from os.urandom)"
+                    ),
+                }
+            )
+        return report
 
 
 def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any]) -> None:
@@ -312,7 +436,10 @@ def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any])
         "fold": cfg.fold,
         "rounds": cfg.rounds,
         "devices": outcome["devices"],
+        "rounds_completed": outcome.get("rounds_completed"),
+        "stopped_reason": outcome.get("stopped_reason"),
         "final": outcome["final"],
+        "privacy": outcome.get("privacy", {"dp": cfg.dp}),
         "config": cfg.to_flat(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

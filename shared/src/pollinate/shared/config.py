@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pollinate.shared.errors import ConfigError
 
 ServerOpt = Literal["fedavg", "fedadam", "fedadagrad"]
+DPMode = Literal["none", "local", "user", "both"]
 
 #: Default server learning rates by (optimizer, model). Measured (RESULTS.md): FedAdagrad
 #: 0.3 for ``mf`` on ML-100K; 0.03 for ``interest`` (0.3 made its encoder oscillate).
@@ -68,6 +69,23 @@ class FederationConfig(BaseModel):
     eval_sample_rate: float = Field(0.2, gt=0, le=1)
     num_devices: int | None = Field(None, ge=1)
     wait_timeout: float = Field(120.0, gt=0)
+    # Differential privacy (see ARCHITECTURE.md §3 and docs in pollinate.shared.privacy)
+    dp: DPMode = "none"
+    local_noise: float | None = Field(None, gt=0)
+    local_epsilon: float | None = Field(None, gt=0)
+    local_clip: float = Field(0.5, gt=0)
+    local_epsilon_budget: float | None = Field(None, gt=0)
+    local_delta: float | None = Field(None, gt=0, lt=1)
+    local_accountant: Literal["rdp", "prv"] = "rdp"
+    user_noise: float | None = Field(None, gt=0)
+    user_epsilon: float | None = Field(None, gt=0)
+    user_clip: float = Field(0.05, gt=0)
+    user_epsilon_budget: float | None = Field(None, gt=0)
+    user_delta: float | None = Field(None, gt=0, lt=1)
+    user_accountant: Literal["rdp", "pld"] = "pld"
+    #: Seed of the privacy noise, for reproducible simulations only. ``None`` (the
+    #: default) draws noise from a secure source; the run report says which was used.
+    noise_seed: int | None = None
     # Run
     seed: int = 0
     out: str = "runs/latest"
@@ -80,7 +98,32 @@ class FederationConfig(BaseModel):
             raise ValueError("the interest model ranks items; use --task ranking with it")
         if (self.task == "rating") != (self.effective_loss == "mse"):
             raise ValueError(f"loss {self.effective_loss!r} does not fit the {self.task} task")
+        for layer, on in (("local", self.local_dp), ("user", self.user_dp)):
+            noise, target = getattr(self, f"{layer}_noise"), getattr(self, f"{layer}_epsilon")
+            if on and (noise is None) == (target is None):
+                raise ValueError(
+                    f"--dp {self.dp} needs exactly one of --{layer}-noise (a noise multiplier) "
+                    f"or --{layer}-epsilon (a target ε for the planned rounds)"
+                )
+            if not on and (noise is not None or target is not None):
+                raise ValueError(
+                    f"--{layer}-noise/--{layer}-epsilon are set but --dp is {self.dp!r}; "
+                    f"use --dp {layer} or --dp both"
+                )
+        if self.user_accountant == "pld" and self.user_noise is not None and self.user_noise < 0.3:
+            raise ValueError(
+                f"--user-noise {self.user_noise} is below 0.3, where the PLD accountant needs "
+                "gigabytes; use --user-accountant rdp for such weak noise"
+            )
         return self
+
+    @property
+    def local_dp(self) -> bool:
+        return self.dp in ("local", "both")
+
+    @property
+    def user_dp(self) -> bool:
+        return self.dp in ("user", "both")
 
     @property
     def effective_loss(self) -> str:

@@ -31,8 +31,13 @@ METRICS_RECORD = "metrics"
 GLOBAL_RECORD = "global"
 CONFIG_RECORD = "config"
 
-#: Metric keys a device may send after training.
-TRAIN_METRIC_KEYS = frozenset({"num-examples", "train-loss", "train-seconds"})
+#: Metric keys a device may send after training. Under interaction-level DP a device
+#: sends no ``train-loss`` (it is computed on raw data without noise); it sends its
+#: cumulative ``local-epsilon`` and, once its budget is spent, ``dp-stopped`` = 1 with no
+#: update at all.
+TRAIN_METRIC_KEYS = frozenset(
+    {"num-examples", "train-loss", "train-seconds", "local-epsilon", "dp-stopped"}
+)
 
 #: The only metric of an enrollment reply: a stable pseudonymous key of the device,
 #: so that seeded sampling and resumed runs pick the same devices whatever node ids
@@ -134,9 +139,17 @@ def check_outgoing(
     if content.config_records:
         raise AllowListError(f"{who}: config records may not leave a device")
     if kind == "train":
-        if UPDATE_RECORD not in content.array_records:
+        stopped = (
+            METRICS_RECORD in content.metric_records
+            and content.metric_records[METRICS_RECORD].get("dp-stopped") == 1
+        )
+        if stopped:
+            if content.array_records:
+                raise AllowListError(f"{who}: a device that stopped (dp-stopped) sends no arrays")
+        elif UPDATE_RECORD not in content.array_records:
             raise AllowListError(f"{who}: the update must be an ArrayRecord named 'update'")
-        _check_arrays(content.array_records[UPDATE_RECORD], spec, who)
+        else:
+            _check_arrays(content.array_records[UPDATE_RECORD], spec, who)
     elif content.array_records:
         raise AllowListError(f"{who}: {kind} replies carry no arrays")
     if METRICS_RECORD not in content.metric_records:
@@ -156,7 +169,7 @@ def check_incoming(
     Raises :class:`AllowListError` for a reply that must not be aggregated.
     """
     check_outgoing(content, kind=kind, spec=spec, metric_keys=metric_keys)
-    if kind == "train":
+    if kind == "train" and UPDATE_RECORD in content.array_records:
         for name, arr in content.array_records[UPDATE_RECORD].items():
             if not np.isfinite(arr.numpy()).all():
                 raise AllowListError(f"incoming update {name!r} has non-finite values")

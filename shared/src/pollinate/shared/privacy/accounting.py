@@ -22,6 +22,9 @@ from dp_accounting import pld, rdp
 from pollinate.shared.errors import ConfigError
 
 UserAccountant = Literal["rdp", "pld"]
+
+#: Smallest noise multiplier the PLD accountant is asked about (see calibrate_user_noise).
+PLD_MIN_NOISE = 0.3
 LocalAccountant = Literal["rdp", "prv"]
 
 
@@ -96,15 +99,30 @@ def calibrate_user_noise(
     if not target_epsilon > 0:
         raise ConfigError(f"target epsilon must be positive, got {target_epsilon}")
     _check(1.0, rate, delta)
-    noise = dp_accounting.calibrate_dp_mechanism(
-        lambda: user_accountant(accountant),
-        lambda z: dp_accounting.SelfComposedDpEvent(user_round_event(z, rate), n_rounds),
-        target_epsilon,
-        delta,
-        bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
-        tol=1e-6,
-    )
-    return float(noise)
+
+    def solve(kind: UserAccountant, low: float, high: float) -> float:
+        return float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: user_accountant(kind),
+                lambda z: dp_accounting.SelfComposedDpEvent(user_round_event(z, rate), n_rounds),
+                target_epsilon,
+                delta,
+                bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
+                tol=1e-6,
+            )
+        )
+
+    z_rdp = solve("rdp", 1e-3, 1e3)
+    if accountant == "rdp":
+        return z_rdp
+    # PLD is tighter, so its noise is at most the RDP one. Its discretised loss grows
+    # without bound as z -> 0 (gigabytes below z ~ 0.2), so search no lower than
+    # PLD_MIN_NOISE: where even that meets the target, it is returned (more noise than
+    # needed, never less).
+    low = max(0.5 * z_rdp, PLD_MIN_NOISE)
+    if low >= z_rdp or user_epsilon_for(low, rate, n_rounds, delta, "pld") <= target_epsilon:
+        return min(low, z_rdp)
+    return solve("pld", low, z_rdp)
 
 
 def local_epsilon(

@@ -98,6 +98,42 @@ def simulate(
     seed: Annotated[
         int | None, typer.Option(help="Seed of sampling, initialisation and splits")
     ] = None,
+    dp: Annotated[
+        str | None, typer.Option(help="Differential privacy: none, local, user or both")
+    ] = None,
+    local_noise: Annotated[
+        float | None, typer.Option(help="Device DP-SGD noise multiplier z")
+    ] = None,
+    local_epsilon: Annotated[
+        float | None,
+        typer.Option(help="Device ε target over the planned rounds (z calibrated per device)"),
+    ] = None,
+    local_clip: Annotated[float | None, typer.Option(help="Per-example clip norm C")] = None,
+    local_epsilon_budget: Annotated[
+        float | None, typer.Option(help="A device stops training beyond this ε")
+    ] = None,
+    local_delta: Annotated[
+        float | None, typer.Option(help="Device δ (default min(1e-5, 1/(10·n)))")
+    ] = None,
+    local_accountant: Annotated[str | None, typer.Option(help="rdp or prv (Opacus)")] = None,
+    user_noise: Annotated[
+        float | None, typer.Option(help="Server noise multiplier z (noise std z·S)")
+    ] = None,
+    user_epsilon: Annotated[
+        float | None, typer.Option(help="User-level ε target over the planned rounds")
+    ] = None,
+    user_clip: Annotated[
+        float | None, typer.Option(help="Clip norm S of each device's update")
+    ] = None,
+    user_epsilon_budget: Annotated[
+        float | None, typer.Option(help="The server stops training beyond this ε")
+    ] = None,
+    user_delta: Annotated[float | None, typer.Option(help="User δ (default 1/N^1.1)")] = None,
+    user_accountant: Annotated[str | None, typer.Option(help="pld or rdp (dp-accounting)")] = None,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed the privacy noise (simulations only; default: secure source)"),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Run directory")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the interrupted run in this directory")

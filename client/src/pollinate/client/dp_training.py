@@ -1,0 +1,553 @@
+"""Interaction-level DP-SGD on one device: the DP twin of ``train_device``.
+
+Unit of privacy: **one interaction** (one training example) of the device's user. Every
+round the device runs Opacus DP-SGD over its *whole* local model (private user
+parameters included): each step Poisson-samples the device's own examples at rate ``q``,
+clips every example's gradient to norm ``C`` and adds Gaussian noise ``z·C`` to *every*
+parameter. Rows of the item table that the user never touched get noise too, so the
+global update is dense and no longer reveals which items the user trained on.
+
+Two halves, kept apart:
+
+* **privacy math** (pure, no torch): :func:`default_local_delta`,
+  :func:`plan_local_round`. A round is planned from the device's accountant history
+  ``[(noise_multiplier, sample_rate, steps), ...]``, which the caller restores from the
+  device's state; ε is always that of the *whole* history (one continuous accountant,
+  :func:`~pollinate.shared.privacy.accounting.local_epsilon`). A fresh ``PrivacyEngine``
+  per round, as in Flower's Opacus example, reports the ε of one round only.
+* **the training loop**: :func:`train_device_dp`.
+
+Choices, and why:
+
+* ``GradSampleModule`` + ``DPOptimizer`` directly, not ``PrivacyEngine``. The engine
+  owns an accountant per instance (the per-round-reset trap above), wants a
+  ``DataLoader`` to make private, and its secure mode needs ``torchcsprng``, which is
+  archived and has no wheels for torch 2.x. Here accounting is the persisted history and
+  sampling is a Bernoulli mask over the device's in-memory examples, so the engine would
+  only add state to throw away.
+* ``loss_reduction="sum"`` (``losses.sum().backward()``): the learning rate is a
+  per-example step and the noise std on the summed gradient is ``z·C`` whatever the
+  batch size. With Opacus's default "mean" a light user, whose expected batch is 2–3,
+  injects tens of times more noise per coordinate (docs/CALIBRATION).
+* Sample rate ``q = min(B, n/2) / n``, i.e. capped at 0.5. A device with fewer than
+  ``2B`` examples would otherwise get ``q = 1``: the full batch every step, one step per
+  epoch, and no amplification by subsampling (the plain Gaussian mechanism). At a given
+  z the capped rate spends less ε over a device's lifetime (z = 1, 50 rounds of one
+  epoch, δ = 1e-5: ε = 43 at q = 0.5 against 57 at q = 1), and a tiny device takes two
+  optimizer steps per epoch instead of one. It is not free: at a fixed ε *target* the
+  calibrated noise per epoch, z/√q, comes out 2–15% above the full batch's (ε = 8 over
+  30 rounds: 3.7 against 3.5), since for the Gaussian mechanism subsampling mostly
+  trades steps for noise. ``steps = epochs·⌈1/q⌉`` covers every example ``epochs``
+  times in expectation.
+* Poisson sampling gives empty batches (often, on a device with a handful of
+  examples). An empty batch is still a DP step: it is accounted, and the optimizer adds
+  the same noise to a zero clipped sum. No forward pass is run for it; its per-example
+  gradients are empty tensors.
+* Noise randomness. ``secure_rng=True``: a fresh ``torch.Generator`` seeded with 63 bits
+  from :mod:`secrets` every round, and Opacus's ``secure_mode`` noise (a sum of four
+  Gaussians, robust to the floating-point attack of arXiv:2107.10138). The generator
+  itself is torch's Mersenne Twister, not a CSPRNG; its state is never released (only
+  noisy sums), and a CSPRNG stream for torch would need ``torchcsprng`` (see above).
+  ``secure_rng=False``: the caller's ``generator``, for reproducible simulations.
+  Poisson sampling draws from the same source as the noise. Negative items of ranking
+  losses always come from the caller's ``generator``: they are data-independent, so
+  they do not enter the privacy analysis.
+* Noise calibration (``target_epsilon``): once for the device's lifetime of
+  ``planned_rounds`` rounds of ``steps`` steps at its ``q``, with Opacus's
+  ``get_noise_multiplier`` (a deterministic bisection), so every round gets the same
+  ``z`` and the lifetime ε is the target. The device is assumed to train every round;
+  if it trains less often its ε is lower.
+
+Per-example gradient memory (``peak_grad_sample_bytes``). With ``grad_sample_mode=
+"hooks"`` Opacus materialises a *dense* per-example gradient of every embedding table:
+``B × n_items × dim`` floats for the item table, e.g. 32 × 10,000 × 16 × 4 B ≈ 20 MB per
+step. Ghost clipping (``grad_sample_mode="ghost"``, Opacus's
+``GradSampleModuleFastGradientClipping``) computes per-example norms without them and
+clips with a second backward pass. Findings with these models and losses (Opacus 1.6.0):
+
+* it works for ``mf`` with ``reg = 0`` and the ``mse``, ``bpr`` and ``sampled_softmax``
+  losses: each embedding is called once per forward, and Opacus's embedding norm
+  sampler handles repeated indices within one example;
+* it does **not** work when a module is called twice in one forward pass, which Opacus
+  rejects ("Parameter tying is not supported with Ghost Clipping"): ``mf`` with
+  ``reg > 0`` (the penalty looks the touched rows up again) and ``interest`` always (its
+  item embedding and genre projection serve both the history and the scored items). A
+  probe forward pass finds such configurations and raises
+  :class:`~pollinate.shared.errors.ConfigError` before any step is taken. Supporting
+  them would need the models to compute the penalty from the embeddings already looked
+  up, and the interest model to look history and candidates up in one call.
+
+Hooks remain the default; ghost is offered for ``mf`` without ``reg``.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from pollinate.client.device_data import DeviceData
+from pollinate.client.training import LocalTrainConfig
+from pollinate.shared.errors import ConfigError
+from pollinate.shared.models.base import RecModel
+from pollinate.shared.privacy.accounting import local_epsilon
+from pollinate.shared.training.examples import Examples, build_examples, n_examples, take
+from pollinate.shared.training.losses import get_loss
+
+History = list[tuple[float, float, int]]
+GradSampleMode = Literal["hooks", "ghost"]
+
+#: Sample rates are capped here so that a small device keeps Poisson amplification.
+MAX_SAMPLE_RATE = 0.5
+
+
+# --------------------------------------------------------------------------- privacy math
+@dataclass(frozen=True)
+class LocalDPConfig:
+    """Interaction-level DP-SGD settings of a device.
+
+    Exactly one of ``noise_multiplier`` (z) and ``target_epsilon`` (lifetime ε from
+    which z is calibrated over ``planned_rounds`` rounds) is set. ``delta`` ``None``
+    means :func:`default_local_delta` of the device's training-set size. The device stops
+    training once its *next* round would take its cumulative ε above ``epsilon_budget``
+    (never, when ``None``; set it to ``target_epsilon`` to hold the target past
+    ``planned_rounds``).
+    """
+
+    clip_norm: float
+    noise_multiplier: float | None
+    target_epsilon: float | None
+    planned_rounds: int
+    delta: float | None
+    epsilon_budget: float | None
+    accountant: Literal["rdp", "prv"] = "rdp"
+    secure_rng: bool = True
+    grad_sample_mode: GradSampleMode = "hooks"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ConfigError(f"clip_norm must be positive, got {self.clip_norm}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("set exactly one of noise_multiplier and target_epsilon")
+        if self.noise_multiplier is not None and not self.noise_multiplier > 0:
+            raise ConfigError(f"noise_multiplier must be positive, got {self.noise_multiplier}")
+        if self.target_epsilon is not None and not self.target_epsilon > 0:
+            raise ConfigError(f"target_epsilon must be positive, got {self.target_epsilon}")
+        if self.planned_rounds < 1:
+            raise ConfigError(f"planned_rounds must be >= 1, got {self.planned_rounds}")
+        if self.delta is not None and not 0 < self.delta < 1:
+            raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
+        if self.epsilon_budget is not None and not self.epsilon_budget > 0:
+            raise ConfigError(f"epsilon_budget must be positive, got {self.epsilon_budget}")
+        if self.accountant not in ("rdp", "prv"):
+            raise ConfigError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        if self.grad_sample_mode not in ("hooks", "ghost"):
+            raise ConfigError(
+                f"grad_sample_mode must be 'hooks' or 'ghost', got {self.grad_sample_mode!r}"
+            )
+
+
+def default_local_delta(n: int) -> float:
+    """δ for a device with ``n`` training examples: ``min(1e-5, 1/(10·n))``.
+
+    δ must be well below ``1/n`` (a mechanism that publishes one random example outright
+    is (0, 1/n)-DP); ``1/(10·n)`` keeps that margin for large devices and 1e-5 is the
+    project-wide ceiling (docs/CALIBRATION). ``n <= 0`` gives 1e-5.
+    """
+    if n <= 0:
+        return 1e-5
+    return min(1e-5, 1.0 / (10 * n))
+
+
+@lru_cache(maxsize=1024)
+def _rdp_per_step(noise: float, rate: float) -> np.ndarray:
+    """Opacus's RDP curve of one sampled-Gaussian step, at its default orders (cached)."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp
+
+    rdp = np.asarray(
+        compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    )
+    rdp.setflags(write=False)
+    return rdp
+
+
+def device_epsilon(
+    history: Sequence[tuple[float, float, int]],
+    delta: float,
+    accountant: Literal["rdp", "prv"] = "rdp",
+) -> float:
+    """ε of a device's whole history ``[(noise, rate, steps), ...]``, as one accountant.
+
+    PRV is :func:`~pollinate.shared.privacy.accounting.local_epsilon`. RDP gives the
+    same number as Opacus's ``RDPAccountant`` (and ``local_epsilon``), whose RDP is
+    ``Σ steps · rdp₁(noise, rate)``; here ``rdp₁`` is cached per ``(noise, rate)``. A
+    device keeps the same ``(z, q)`` round after round, and Opacus recomputes that curve
+    (about 0.3 s at q = 0.5, ten times a device's DP-SGD round) on every call.
+    """
+    if accountant == "prv" or not history:
+        return local_epsilon(history, delta, accountant)
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+
+    if not 0 < delta < 1:
+        raise ConfigError(f"delta must be in (0, 1), got {delta}")
+    rdp = np.zeros(len(RDPAccountant.DEFAULT_ALPHAS))
+    for noise, rate, steps in history:
+        if not (noise > 0 and 0 < rate <= 1 and steps >= 0):
+            raise ConfigError(f"invalid DP-SGD history entry {(noise, rate, steps)}")
+        rdp = rdp + int(steps) * _rdp_per_step(float(noise), float(rate))
+    eps, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@dataclass(frozen=True)
+class LocalRoundPlan:
+    """What one device round will do and spend (a pure decision, no torch).
+
+    ``epsilon_before``: ε of the history so far; ``epsilon_after``: ε with this round
+    appended; ``allowed``: whether the round may run (there are examples and the budget
+    holds). A device with no examples has ``sample_rate = 0`` and ``steps = 0``.
+    """
+
+    sample_rate: float
+    steps: int
+    noise_multiplier: float
+    delta: float
+    epsilon_before: float
+    epsilon_after: float
+    allowed: bool
+
+
+def local_sample_rate(n_train: int, batch_size: int) -> float:
+    """Poisson rate ``min(B, n/2) / n``: expected batch B, capped at rate 0.5.
+
+    Never 1, which would forgo amplification by subsampling (see the module docstring).
+    """
+    if n_train <= 0:
+        return 0.0
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    return min(float(batch_size), n_train * MAX_SAMPLE_RATE) / n_train
+
+
+@lru_cache(maxsize=256)
+def calibrate_local_noise(
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    accountant: Literal["rdp", "prv"] = "rdp",
+) -> float:
+    """Smallest z (to 0.1% of ε) whose ``steps`` steps at ``sample_rate`` spend ``target_epsilon``.
+
+    Opacus's bisection is deterministic, so the same device gets the same z every round
+    (and the result is cached).
+    """
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+                epsilon_tolerance=1e-3 * target_epsilon,
+            )
+        )
+    except ValueError as e:
+        raise ConfigError(f"cannot reach ε={target_epsilon} at δ={delta}: {e}") from None
+
+
+def plan_local_round(
+    n_train: int,
+    batch_size: int,
+    epochs: int,
+    dp: LocalDPConfig,
+    history: Sequence[tuple[float, float, int]],
+) -> LocalRoundPlan:
+    """Plan a device round from its accountant ``history`` (see :class:`LocalRoundPlan`)."""
+    if epochs < 1:
+        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    delta = dp.delta if dp.delta is not None else default_local_delta(n_train)
+    eps_before = device_epsilon(history, delta, dp.accountant)
+    if n_train <= 0:
+        z = dp.noise_multiplier if dp.noise_multiplier is not None else 0.0
+        return LocalRoundPlan(0.0, 0, z, delta, eps_before, eps_before, allowed=False)
+    q = local_sample_rate(n_train, batch_size)
+    steps = epochs * math.ceil(1 / q)
+    if dp.noise_multiplier is not None:
+        z = float(dp.noise_multiplier)
+    else:
+        assert dp.target_epsilon is not None
+        z = calibrate_local_noise(
+            float(dp.target_epsilon), delta, q, dp.planned_rounds * steps, dp.accountant
+        )
+    eps_after = device_epsilon([*history, (z, q, steps)], delta, dp.accountant)
+    allowed = dp.epsilon_budget is None or eps_after <= dp.epsilon_budget
+    return LocalRoundPlan(q, steps, z, delta, eps_before, eps_after, allowed)
+
+
+# --------------------------------------------------------------------------- training loop
+@dataclass(frozen=True)
+class DPTrainOutcome:
+    """Result of :func:`train_device_dp`.
+
+    ``update`` is ``None`` when the device did not train (budget spent, or no examples);
+    ``history`` is the full accountant history after this round; ``epsilon`` the
+    cumulative ε after it; ``stopped`` is True when the budget stopped the device.
+    """
+
+    update: dict[str, np.ndarray] | None
+    n_examples: int
+    seconds: float
+    plan: LocalRoundPlan
+    history: History
+    epsilon: float
+    stopped: bool
+    peak_grad_sample_bytes: int
+
+
+def _grad_sample_bytes(params: Sequence[nn.Parameter]) -> int:
+    total = 0
+    for p in params:
+        gs = getattr(p, "grad_sample", None)
+        for t in gs if isinstance(gs, list) else [gs]:
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def _norm_sample_bytes(params: Sequence[nn.Parameter]) -> int:
+    norms = [getattr(p, "_norm_sample", None) for p in params]
+    return sum(t.numel() * t.element_size() for t in norms if isinstance(t, torch.Tensor))
+
+
+def _noise_generator(dp: LocalDPConfig, generator: torch.Generator) -> torch.Generator:
+    if dp.secure_rng:
+        return torch.Generator().manual_seed(secrets.randbits(63))
+    return generator
+
+
+def _cleanup(model: RecModel, gsm: Any | None, params: Sequence[nn.Parameter]) -> None:
+    """Leave ``model`` a plain RecModel: no Opacus hooks or attributes, no gradients."""
+    if gsm is not None:
+        gsm._close()  # removes hooks and grad_sample/_norm_sample/... attributes
+    for p in params:
+        for attr in ("summed_grad", "grad_sample", "_norm_sample"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+        p.grad = None
+    for m in model.modules():  # left by an interrupted forward/backward
+        for attr in ("activations", "max_batch_len", "autograd_grad_sample_hooks"):
+            if attr in m.__dict__:
+                delattr(m, attr)
+
+
+def train_device_dp(
+    model: RecModel,
+    device: DeviceData,
+    cfg: LocalTrainConfig,
+    dp: LocalDPConfig,
+    history: Sequence[tuple[float, float, int]],
+    generator: torch.Generator,
+    *,
+    before_release: Callable[[History], None] | None = None,
+) -> DPTrainOutcome:
+    """One DP-SGD round of ``model`` on the device's training rows.
+
+    ``history`` is the device's accountant so far; the plan (:func:`plan_local_round`)
+    decides whether the round runs. If it does not, the model is untouched and
+    ``update`` is ``None``. Otherwise the model is left with the DP-trained weights (the
+    caller saves its private parameters from it), a plain :class:`RecModel` without any
+    Opacus wrapper, hook or attribute. ``before_release(new_history)`` is called before
+    the update is returned: the caller persists the accountant there (write-ahead). If
+    it raises, the exception propagates, no update is returned, and the caller must not
+    save the model's private parameters either.
+
+    ``generator`` draws the noise and the Poisson samples when ``dp.secure_rng`` is
+    False; it always draws the negatives of ranking losses. Dropout (interest model)
+    uses torch's global RNG, as in :func:`~pollinate.client.training.train_device`.
+    """
+    t0 = time.perf_counter()
+    examples = build_examples(
+        device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)
+    )
+    n = n_examples(examples)
+    plan = plan_local_round(n, cfg.batch_size, cfg.epochs, dp, history)
+    if not plan.allowed:
+        return DPTrainOutcome(
+            update=None,
+            n_examples=n,
+            seconds=time.perf_counter() - t0,
+            plan=plan,
+            history=list(history),
+            epsilon=plan.epsilon_before,
+            stopped=n > 0,
+            peak_grad_sample_bytes=0,
+        )
+
+    before = model.global_state()
+    named = dict(model.named_parameters())
+    local = set(model.local_parameter_names())
+    sgd = torch.optim.SGD(
+        [
+            {"params": [p for k, p in named.items() if k in local], "lr": cfg.lr_local},
+            {"params": [p for k, p in named.items() if k not in local], "lr": cfg.lr_global},
+        ]
+    )
+    model.train()
+    with warnings.catch_warnings():
+        # Opacus's full backward hooks fire on modules whose inputs need no gradient
+        # (embedding lookups): expected, and harmless here.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        peak = _dp_sgd(model, examples, cfg, dp, plan, sgd, generator)
+
+    after = model.global_state()
+    update = {k: after[k] - before[k] for k in before}
+    new_history: History = [*history, (plan.noise_multiplier, plan.sample_rate, plan.steps)]
+    if before_release is not None:
+        before_release(list(new_history))
+    return DPTrainOutcome(
+        update=update,
+        n_examples=n,
+        seconds=time.perf_counter() - t0,
+        plan=plan,
+        history=new_history,
+        epsilon=plan.epsilon_after,
+        stopped=False,
+        peak_grad_sample_bytes=peak,
+    )
+
+
+def _ghost_backward(gsm: Any, losses: torch.Tensor) -> None:
+    """Ghost clipping: per-example norms on a first backward, clipped sum on a second."""
+    losses.sum().backward(retain_graph=True)
+    coef = gsm.get_clipping_coef()
+    for p in gsm._module.parameters():
+        p.grad = None
+    gsm.disable_hooks()
+    try:
+        (coef.detach() * losses).sum().backward()
+    finally:
+        gsm.enable_hooks()
+
+
+def _dp_sgd(
+    model: RecModel,
+    examples: Examples,
+    cfg: LocalTrainConfig,
+    dp: LocalDPConfig,
+    plan: LocalRoundPlan,
+    sgd: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Run ``plan.steps`` DP-SGD steps on ``model`` in place; return the peak bytes of
+    per-example gradients (hooks) or norms (ghost). ``model`` is unwrapped and cleaned
+    up afterwards, whatever happens."""
+    from opacus import GradSampleModule
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+
+    ghost = dp.grad_sample_mode == "ghost"
+    n = n_examples(examples)
+    params = list(model.parameters())
+    loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
+    noise_gen = _noise_generator(dp, generator)
+    opt_args: dict[str, Any] = {
+        "noise_multiplier": plan.noise_multiplier,
+        "max_grad_norm": dp.clip_norm,
+        "expected_batch_size": max(1, round(plan.sample_rate * n)),  # unused with "sum"
+        "loss_reduction": "sum",
+        "generator": noise_gen,
+        "secure_mode": dp.secure_rng,
+    }
+    peak = 0
+    gsm: Any = None
+    if ghost:
+        _check_ghost(model, loss_fn, examples, cfg)
+    try:
+        if ghost:
+            gsm = GradSampleModuleFastGradientClipping(
+                model,
+                batch_first=True,
+                loss_reduction="sum",
+                max_grad_norm=dp.clip_norm,
+                use_ghost_clipping=True,
+            )
+            opt: DPOptimizer = DPOptimizerFastGradientClipping(sgd, **opt_args)
+        else:
+            gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+            opt = DPOptimizer(sgd, **opt_args)
+        for _ in range(plan.steps):
+            # Poisson sampling: each example in independently with probability q.
+            idx = torch.nonzero(torch.rand(n, generator=noise_gen) < plan.sample_rate)[:, 0]
+            opt.zero_grad(set_to_none=True)
+            if len(idx) == 0:
+                # An empty batch is still a DP step: the optimizer noises a zero sum.
+                for p in params:
+                    if ghost:
+                        p.grad = torch.zeros_like(p)
+                    else:
+                        setattr(p, "grad_sample", p.new_zeros((0, *p.shape)))  # noqa: B010
+            elif ghost:
+                _ghost_backward(gsm, loss_fn(gsm, take(examples, idx), generator))
+                peak = max(peak, _norm_sample_bytes(params))
+            else:
+                loss_fn(gsm, take(examples, idx), generator).sum().backward()
+                for p in params:  # a parameter this batch did not reach: zero per example
+                    if getattr(p, "grad_sample", None) is None:
+                        setattr(p, "grad_sample", p.new_zeros((len(idx), *p.shape)))  # noqa: B010
+                peak = max(peak, _grad_sample_bytes(params))
+            opt.step()
+    finally:
+        _cleanup(model, gsm, params)
+    return peak
+
+
+def _check_ghost(model: RecModel, loss_fn: Any, examples: Examples, cfg: LocalTrainConfig) -> None:
+    """Refuse ghost clipping when a module it clips is called twice in one forward pass.
+
+    Opacus raises only inside that forward, possibly after empty-batch steps have already
+    changed the model; this probe (one example, no gradient, eval mode, a throwaway
+    generator) fails first.
+    """
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+
+    norm_samplers = GradSampleModuleFastGradientClipping.NORM_SAMPLERS
+    calls: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if type(module) in norm_samplers and list(module.parameters(recurse=False)):
+
+            def count(m: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                calls[name] = calls.get(name, 0) + 1
+
+            handles.append(module.register_forward_hook(count))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            loss_fn(model, take(examples, slice(0, 1)), torch.Generator().manual_seed(0))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    twice = sorted(name for name, k in calls.items() if k > 1)
+    if twice:
+        raise ConfigError(
+            f"ghost clipping cannot train {model.name!r} with loss {cfg.loss!r} and "
+            f"reg={cfg.reg}: {', '.join(twice)} called more than once per forward pass "
+            "(Opacus: parameter tying is not supported); use grad_sample_mode='hooks'"
+        )

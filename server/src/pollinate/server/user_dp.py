@@ -1,0 +1,120 @@
+"""User-level DP on the server: clip each device's update, sum, add Gaussian noise.
+
+The mechanism of one round (the unit of privacy is one *user*, that is one device and
+everything on it):
+
+1. every sampled device's update ``Δ_u`` (all global arrays together, one vector) is
+   clipped to L2 norm ``S``: ``Δ_u · min(1, S / ‖Δ_u‖)``;
+2. the clipped updates are summed with **equal weights**;
+3. Gaussian noise ``N(0, (z·S)²)`` is added to every coordinate of the sum;
+4. the noisy sum is divided by the *expected* number of devices ``q·N``, never by the
+   realised count (which depends on who took part and would break the sensitivity
+   bound).
+
+Devices are sampled by Poisson sampling at rate ``q`` (:mod:`pollinate.server.sampling`),
+which is what the accountant assumes: ``PoissonSampled(q, Gaussian(z))`` per round.
+A round in which no device took part still releases noise, so an empty round looks like
+any other. Non-finite updates never reach this module: the allow-list check rejects them.
+
+Everything here is a pure function of its inputs and an explicit generator.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pollinate.shared.errors import ConfigError
+
+Arrays = dict[str, np.ndarray]
+
+
+def update_norm(update: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of all arrays of ``update`` taken as one vector."""
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update.values()))
+    )
+
+
+def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[Arrays, float]:
+    """``update`` scaled to L2 norm at most ``clip``; returns it and its original norm.
+
+    A zero update stays zero (no division by zero).
+    """
+    if not clip > 0:
+        raise ConfigError(f"the user-level clip norm must be positive, got {clip}")
+    norm = update_norm(update)
+    scale = 1.0 if norm <= clip else clip / norm
+    return {n: np.asarray(a, dtype=np.float64) * scale for n, a in update.items()}, norm
+
+
+def noisy_mean(
+    updates: Sequence[Mapping[str, np.ndarray]],
+    spec: Mapping[str, tuple[tuple[int, ...], str]],
+    *,
+    clip: float,
+    noise_multiplier: float,
+    expected_devices: float,
+    rng: np.random.Generator,
+) -> tuple[Arrays, list[float]]:
+    """The DP estimate of the mean update, and the pre-clipping norms of ``updates``.
+
+    ``spec`` gives every global array's shape and dtype, so an empty round still
+    produces a (pure-noise) estimate of the right shape.
+    """
+    if not expected_devices > 0:
+        raise ConfigError(
+            f"the expected number of devices must be positive, got {expected_devices}"
+        )
+    if noise_multiplier < 0:
+        raise ConfigError(f"the noise multiplier must be >= 0, got {noise_multiplier}")
+    total = {n: np.zeros(shape, dtype=np.float64) for n, (shape, _) in spec.items()}
+    norms = []
+    for upd in updates:
+        clipped, norm = clip_update(upd, clip)
+        norms.append(norm)
+        for n in total:
+            total[n] += clipped[n]
+    std = noise_multiplier * clip
+    out: Arrays = {}
+    for n, (shape, dtype) in spec.items():
+        noisy = total[n] + (rng.normal(0.0, std, size=shape) if std > 0 else 0.0)
+        out[n] = (noisy / expected_devices).astype(dtype)
+    return out, norms
+
+
+def default_user_delta(n_devices: int) -> float:
+    """``1 / N^1.1``: smaller than one over the number of users, as δ must be."""
+    if n_devices < 1:
+        raise ConfigError(f"need at least one device, got {n_devices}")
+    return float(n_devices**-1.1)
+
+
+@dataclass(frozen=True)
+class NoiseSource:
+    """The generator of privacy noise, and how it was seeded (for the report)."""
+
+    rng: np.random.Generator
+    description: str
+
+
+def noise_source(seed: int | None, *, role: str) -> NoiseSource:
+    """A secure generator (seeded from ``os.urandom`` via :mod:`secrets`), or a seeded one.
+
+    A seed makes a simulation reproducible and must never be used in a deployment: who
+    knows the seed can subtract the noise. The description says which one was used.
+    """
+    if seed is None:
+        bits = secrets.randbits(128)
+        return NoiseSource(
+            np.random.Generator(np.random.PCG64DXSM(bits)),
+            f"{role}: secure (PCG64DXSM seeded with 128 bits from os.urandom, unrecorded)",
+        )
+    return NoiseSource(
+        np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence([seed, 0x5EED]))),
+        f"{role}: SEEDED with {seed} for reproducibility (simulation only; not private "
+        "against anyone who knows the seed)",
+    )
