@@ -26,10 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from pollinate.shared.data.splits import Split, leave_last_out, rating_split
-from pollinate.shared.data.types import Interactions, filter_min_interactions
+from pollinate.shared.data.splits import Split
+from pollinate.shared.data.types import Interactions
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models import RecModel, build_model
+from pollinate.shared.tasks import prepare_task
 from pollinate.shared.training import (
     RANKING_LOSSES,
     RATING_LOSSES,
@@ -229,16 +230,6 @@ def load_data(config: CentralizedConfig) -> Interactions:
     return load_dataset(config.dataset, config.data_dir)
 
 
-def split_for_task(
-    data: Interactions, task: Task, fold: int, seed: int
-) -> tuple[Interactions, Split]:
-    """Rating: fold ``fold`` of the rating split. Ranking: filter to >= 3 rows, leave-last-out."""
-    if task == "rating":
-        return data, rating_split(data, fold, seed)
-    filtered = filter_min_interactions(data, 3)
-    return filtered, leave_last_out(filtered)
-
-
 def _build(
     config: CentralizedConfig, hp: HyperParams, data: Interactions, rows: np.ndarray
 ) -> RecModel:
@@ -414,7 +405,8 @@ def run_centralized(config: CentralizedConfig, progress: bool = True) -> dict[st
         raise ConfigError(
             f"{config.dataset} has no ratings (implicit feedback); use --task ranking"
         )
-    data, split = split_for_task(data, config.task, config.fold, config.seed)
+    prepared = prepare_task(data, config.task, config.fold, config.seed)
+    data, split = prepared.data, prepared.split
     trainer = _Trainer(config, hp, data, split)
     with _progress(progress) as bar, _torch_threads(config.threads), torch.random.fork_rng():
         # Dropout draws from torch's global RNG; seed it only inside this fork.
