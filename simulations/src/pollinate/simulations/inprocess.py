@@ -1,0 +1,247 @@
+"""Federated training in one process, without Flower: for tuning and for sweeps.
+
+It runs exactly the code of a Flower round (``train_device`` or ``train_device_dp`` on
+each Poisson-sampled device, the equal-weight mean or the user-level DP mean, the server
+optimizer, ``evaluate_device`` sums) but calls devices directly instead of sending
+messages, so a round over ML-100K takes seconds instead of half a minute. It keeps each
+device's private parameters and accountant history in memory and writes a ledger in the
+same format as a Flower run.
+
+Use it to choose settings (on validation data) and to sweep privacy levels; the figures
+that Pollinate reports as federated runs come from ``pollinate simulate``, and
+``simulations/benchmarks/RESULTS.md`` says which tool produced each figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pollinate.client.device_data import DeviceData, DeviceIndex
+from pollinate.client.dp_training import LocalDPConfig, train_device_dp
+from pollinate.client.evaluation import evaluate_device
+from pollinate.client.training import LocalTrainConfig, train_device
+from pollinate.server.aggregate import mean_update
+from pollinate.server.evaluation import add_sums, finalize
+from pollinate.server.federation import initial_global_state
+from pollinate.server.optimizers import make_server_optimizer
+from pollinate.server.privacy import UserPrivacy, privacy_summary
+from pollinate.server.sampling import poisson_sample
+from pollinate.server.user_dp import noise_source, noisy_mean
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter
+from pollinate.shared.tasks import catalog_of, load_task_for
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass
+class InProcessResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _train_config(cfg: FederationConfig) -> LocalTrainConfig:
+    return LocalTrainConfig(
+        loss=cfg.effective_loss,
+        reg=cfg.weight_decay,
+        negatives=cfg.negatives,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr_global=cfg.lr_global,
+        lr_local=cfg.lr_local,
+        history_len=cfg.history_len,
+    )
+
+
+def _local_dp(cfg: FederationConfig) -> LocalDPConfig:
+    return LocalDPConfig(
+        clip_norm=cfg.local_clip,
+        noise_multiplier=cfg.local_noise,
+        target_epsilon=cfg.local_epsilon,
+        planned_rounds=cfg.rounds,
+        delta=cfg.local_delta,
+        epsilon_budget=cfg.local_epsilon_budget,
+        accountant=cfg.local_accountant,
+        secure_rng=cfg.noise_seed is None,
+    )
+
+
+def run_inprocess(
+    cfg: FederationConfig,
+    *,
+    log: Callable[[dict[str, Any]], None] | None = None,
+    write_ledger: bool = True,
+) -> InProcessResult:
+    """Train ``cfg`` in this process; evaluate every ``eval_every`` rounds on all devices."""
+    t_start = time.perf_counter()
+    torch.set_num_threads(1)
+    task = load_task_for(cfg)
+    catalog = catalog_of(task.data)
+    index = DeviceIndex(task)
+    devices: list[DeviceData] = [index.device(u) for u in range(index.n_devices)]
+
+    def fresh_model() -> RecModel:
+        return build_model(
+            cfg.model,
+            n_users=1,
+            n_items=catalog.n_items,
+            dim=cfg.embedding_dim,
+            item_genres=catalog.item_genres,
+            **({"global_mean": catalog.rating_midpoint} if cfg.model == "mf" else {}),
+            **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
+        )
+
+    model = fresh_model()
+    local_names = model.local_parameter_names()
+    params = dict(model.named_parameters())
+    # Each device's private parameters start as a freshly built model's (seeded per device).
+    private: dict[int, dict[str, torch.Tensor]] = {}
+    with torch.random.fork_rng():
+        for u in range(len(devices)):
+            torch.manual_seed(cfg.seed * 1_000_003 + u)
+            init = dict(fresh_model().named_parameters())
+            private[u] = {k: init[k].detach().clone() for k in local_names}
+    glob = initial_global_state(cfg, catalog)
+    spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
+    opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_cfg = _train_config(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger_path = out / "ledger.jsonl"
+    if ledger_path.exists():
+        ledger_path.unlink()
+    ledger = LedgerWriter(ledger_path) if write_ledger and cfg.dp != "none" else None
+    user = UserPrivacy.from_config(cfg, len(devices)) if cfg.user_dp else None
+    user_noise = noise_source(cfg.noise_seed, role="user-level noise")
+    local_dp = _local_dp(cfg) if cfg.local_dp else None
+    histories: dict[int, list[tuple[float, float, int]]] = {u: [] for u in range(len(devices))}
+    noise_gen = torch.Generator().manual_seed(cfg.noise_seed or 0)
+
+    def load(u: int) -> None:
+        model.load_global_state(glob)
+        with torch.no_grad():
+            for k in local_names:
+                params[k].copy_(private[u][k])
+
+    def evaluate(part: str) -> dict[str, float]:
+        sums = []
+        for u, dev in enumerate(devices):
+            load(u)
+            sums.append(evaluate_device(model, dev, part))
+        return finalize(cfg.task, add_sums(sums))
+
+    result = InProcessResult()
+
+    def emit(entry: dict[str, Any]) -> None:
+        result.history.append(entry)
+        if log is not None:
+            log(entry)
+
+    if cfg.eval_every:
+        emit({"round": 0, "eval": evaluate("valid")})
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        if user is not None and not user.next_round_allowed():
+            emit({"round": r, "stopped": "user-level budget"})
+            break
+        sampled = poisson_sample(list(range(len(devices))), cfg.sample_rate, rng)
+        updates: list[Arrays] = []
+        losses: list[float] = []
+        stopped = 0
+        eps_local: list[float] = []
+        for u in sampled:
+            load(u)
+            if local_dp is None:
+                outcome = train_device(model, devices[u], train_cfg, gen)
+                update: Arrays | None = outcome.update
+                losses.append(outcome.loss)
+            else:
+                dp_out = train_device_dp(
+                    model, devices[u], train_cfg, local_dp, histories[u], noise_gen
+                )
+                update = dp_out.update
+                eps_local.append(dp_out.epsilon)
+                if update is None:
+                    stopped += int(dp_out.stopped)
+                    continue
+                histories[u] = dp_out.history
+                if ledger is not None:
+                    z, q, steps = dp_out.history[-1]
+                    ledger.append(
+                        LedgerEvent(
+                            layer="local", unit="interaction", round=r, device=str(u),
+                            mechanism="DP-SGD (Opacus): Poisson-sampled, per-example clipped "
+                            "Gaussian", noise_multiplier=z, sample_rate=q, steps=steps,
+                            clip_norm=local_dp.clip_norm,
+                            delta=dp_out.plan.delta, accountant=f"opacus-{local_dp.accountant}",
+                            epsilon=dp_out.epsilon,
+                        )
+                    )  # fmt: skip
+            private[u] = {k: params[k].detach().clone() for k in local_names}
+            assert update is not None
+            updates.append(update)
+        entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": len(updates)}
+        if user is None:
+            if updates:
+                glob = opt.step(glob, mean_update(updates, list(glob)))
+        else:
+            delta, norms = noisy_mean(
+                updates,
+                spec,
+                clip=user.clip,
+                noise_multiplier=user.noise_multiplier,
+                expected_devices=user.expected_devices,
+                rng=user_noise.rng,
+            )
+            event = user.release(r)
+            if ledger is not None:
+                ledger.append(event)
+            glob = opt.step(glob, delta)
+            entry["user_epsilon"] = event.epsilon
+            entry["update_norm_median"] = float(np.median(norms)) if norms else None
+        if losses:
+            entry["train_loss"] = float(np.mean(losses))
+        if local_dp is not None:
+            entry["dp_stopped"] = stopped
+            entry["local_epsilon_max"] = max(eps_local, default=None)
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        if cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            entry["eval"] = evaluate("valid")
+        emit(entry)
+    result.final = evaluate("test")
+    if ledger is not None:
+        result.privacy = privacy_summary(ledger_path, len(devices))
+    if user is not None:
+        result.privacy.setdefault("user", {}).update(user.describe())
+    if local_dp is not None:
+        result.privacy.setdefault("local", {})["delta_rule"] = (
+            "min(1e-5, 1/(10 n)) per device" if cfg.local_delta is None else cfg.local_delta
+        )
+    result.seconds = time.perf_counter() - t_start
+    summary = {
+        "tool": "pollinate.simulations.inprocess (no Flower messaging)",
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "task": cfg.task,
+        "fold": cfg.fold,
+        "final": result.final,
+        "privacy": result.privacy,
+        "history": result.history,
+        "seconds": result.seconds,
+        "config": cfg.to_flat(),
+    }
+    (out / "inprocess.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    return result
