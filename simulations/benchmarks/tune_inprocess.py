@@ -12,8 +12,8 @@ settings on validation data; measure the chosen ones with ``pollinate simulate``
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 from pathlib import Path
 from typing import Any
 

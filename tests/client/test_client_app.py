@@ -121,3 +121,56 @@ def test_private_state_persists_across_rounds_in_the_node_state() -> None:
 def test_enrollment_sends_the_device_key_only() -> None:
     reply = client_app.enroll(Message(RecordDict(), 1, "query.enroll"), context(9))
     assert dict(reply.content.metric_records["metrics"]) == {"device-key": 9}
+
+
+DP_CFG = FederationConfig.from_mapping(
+    {
+        "synthetic-users": 60, "synthetic-items": 40, "embedding-dim": 4, "out": "unused",
+        "dp": "local", "local-noise": 1.0, "local-clip": 0.5, "noise-seed": 3, "rounds": 5,
+    }
+)  # fmt: skip
+
+
+def dp_message(round_: int, tmp_path: Any) -> Message:
+    return message("train", round_, DP_CFG, **{"run-ledger": str(tmp_path / "ledger.jsonl")})
+
+
+def test_a_dp_reply_is_dense_and_carries_epsilon_not_the_loss(tmp_path: Any) -> None:
+    device = DeviceIndex(
+        load_task("synthetic", task="rating", synthetic_users=60, synthetic_items=40)
+    ).device(5)
+    reply = client_app.train(dp_message(1, tmp_path), context(5))
+    metrics = reply.content.metric_records["metrics"]
+    assert "train-loss" not in metrics and metrics["local-epsilon"] > 0
+    rows = reply.content.array_records["update"]["item_bias.weight"].numpy()[:, 0]
+    untouched = np.setdiff1d(np.arange(40), device.data.items[device.split.train])
+    assert len(untouched) > 0 and np.all(rows[untouched] != 0)
+
+
+def test_the_accountant_survives_a_crash_between_saving_and_sending(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pollinate.shared.privacy.ledger import read_ledger
+
+    ctx = context(7)
+    client_app.train(dp_message(1, tmp_path), ctx)
+
+    def crash(*_: Any, **__: Any) -> None:
+        raise RuntimeError("power cut after the write-ahead save")
+
+    with monkeypatch.context() as m:
+        m.setattr(client_app, "check_outgoing", crash)
+        with pytest.raises(RuntimeError, match="power cut"):
+            client_app.train(dp_message(2, tmp_path), ctx)
+    # Round 2 is re-run (its reply never arrived). The device remembers the lost release:
+    # its ε now composes three rounds, not two.
+    reply = client_app.train(dp_message(2, tmp_path), ctx)
+    eps = reply.content.metric_records["metrics"]["local-epsilon"]
+    events = [e for e in read_ledger(tmp_path / "ledger.jsonl") if e.device == "7"]
+    assert [e.round for e in events] == [1, 2, 2]
+    from opacus.accountants import RDPAccountant
+
+    acc = RDPAccountant()
+    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in events]
+    assert eps == pytest.approx(acc.get_epsilon(events[-1].delta), rel=1e-9)
+    assert eps > events[1].epsilon
