@@ -377,3 +377,33 @@ def test_ghost_clipping_refuses_a_module_called_twice(rating: DeviceIndex) -> No
             )  # fmt: skip
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+
+
+def test_a_frozen_global_mean_is_neither_trained_nor_sent() -> None:
+    from pollinate.client.device_data import DeviceIndex
+    from pollinate.client.training import LocalTrainConfig, train_device
+    from pollinate.shared.models import build_model
+    from pollinate.shared.tasks import load_task
+
+    device = DeviceIndex(
+        load_task("synthetic", task="rating", synthetic_users=60, synthetic_items=40)
+    ).device(2)
+    model = build_model(
+        "mf", n_users=1, n_items=40, dim=4, global_mean=3.0, learn_global_mean=False
+    )
+    assert "global_bias.weight" not in model.global_state()
+    cfg = LocalTrainConfig(
+        loss="mse", reg=0.01, negatives=1, epochs=1, batch_size=8,
+        lr_global=0.05, lr_local=0.05, history_len=1,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    plain = train_device(model, device, cfg, gen)
+    dp = train_device_dp(
+        model, device, cfg,
+        LocalDPConfig(clip_norm=0.5, noise_multiplier=1.0, target_epsilon=None,
+                      planned_rounds=3, delta=None, epsilon_budget=None, secure_rng=False),
+        [], gen,
+    )  # fmt: skip
+    for update in (plain.update, dp.update):
+        assert update is not None and "global_bias.weight" not in update
+    assert float(model.global_bias.weight) == 3.0

@@ -115,6 +115,8 @@ def _build(config: Mapping[str, Any], device: DeviceData) -> RecModel:
         "item_genres": data.item_genres,
         "global_mean": midpoint,
     }
+    if config["model"] == "mf":
+        kwargs["learn_global_mean"] = bool(config.get("learn-global-mean", True))
     if config["model"] == "interest":
         kwargs["history_len"] = int(config["history-len"])
     return build_model(str(config["model"]), **kwargs)

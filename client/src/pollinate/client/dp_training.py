@@ -404,7 +404,7 @@ def train_device_dp(
     sgd = torch.optim.SGD(
         [
             {"params": [p for k, p in named.items() if k in local], "lr": cfg.lr_local},
-            {"params": [p for k, p in named.items() if k not in local], "lr": cfg.lr_global},
+            {"params": [named[k] for k in model.global_parameter_names()], "lr": cfg.lr_global},
         ]
     )
     model.train()

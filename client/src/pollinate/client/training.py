@@ -59,7 +59,7 @@ def train_device(
     opt = torch.optim.SGD(
         [
             {"params": [params[k] for k in local], "lr": cfg.lr_local},
-            {"params": [p for k, p in params.items() if k not in local], "lr": cfg.lr_global},
+            {"params": [params[k] for k in model.global_parameter_names()], "lr": cfg.lr_global},
         ]
     )
     model.train()

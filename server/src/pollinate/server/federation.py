@@ -52,8 +52,8 @@ Arrays = dict[str, np.ndarray]
 #: Keys of the run config that devices need; everything else stays on the server.
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
-    "embedding-dim", "history-len", "local-epochs", "batch-size", "lr-global", "lr-local",
-    "weight-decay", "negatives", "seed", "device-state-dir", "rounds",
+    "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
+    "lr-global", "lr-local", "weight-decay", "negatives", "seed", "device-state-dir", "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
     "local-accountant", "noise-seed",
 )  # fmt: skip
@@ -90,7 +90,11 @@ def initial_global_state(cfg: FederationConfig, catalog: Catalog) -> Arrays:
             n_items=catalog.n_items,
             dim=cfg.embedding_dim,
             item_genres=catalog.item_genres,
-            **({"global_mean": catalog.rating_midpoint} if cfg.model == "mf" else {}),
+            **(
+                {"global_mean": catalog.rating_midpoint, "learn_global_mean": cfg.learn_global_mean}
+                if cfg.model == "mf"
+                else {}
+            ),
             **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
         )
     return model.global_state()

@@ -51,6 +51,8 @@ class FederationConfig(BaseModel):
     # Model
     model: Literal["mf", "interest"] = "mf"
     embedding_dim: int = Field(16, ge=1)
+    #: ``mf`` only: train the global mean μ (see BiasedMF); turn off under user-level DP.
+    learn_global_mean: bool = True
     history_len: int = Field(20, ge=1)
     # Device training
     local_epochs: int = Field(1, ge=1)

@@ -98,7 +98,11 @@ def run_inprocess(
             n_items=catalog.n_items,
             dim=cfg.embedding_dim,
             item_genres=catalog.item_genres,
-            **({"global_mean": catalog.rating_midpoint} if cfg.model == "mf" else {}),
+            **(
+                {"global_mean": catalog.rating_midpoint, "learn_global_mean": cfg.learn_global_mean}
+                if cfg.model == "mf"
+                else {}
+            ),
             **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
         )
 

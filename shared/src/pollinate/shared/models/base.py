@@ -44,9 +44,13 @@ class RecModel(nn.Module, abc.ABC):
         return tuple(n for n, _ in self.named_parameters() if n.startswith(self.LOCAL_PREFIXES))
 
     def global_parameter_names(self) -> tuple[str, ...]:
-        """Names of the parameters that the server aggregates."""
+        """Names of the parameters that the server aggregates.
+
+        Frozen parameters (``requires_grad`` False) are constants of the model, built
+        the same on every device: they are neither trained, sent nor aggregated.
+        """
         local = set(self.local_parameter_names())
-        return tuple(n for n, _ in self.named_parameters() if n not in local)
+        return tuple(n for n, p in self.named_parameters() if n not in local and p.requires_grad)
 
     def global_state(self) -> dict[str, np.ndarray]:
         """Copies of the global parameters as numpy arrays, by name."""

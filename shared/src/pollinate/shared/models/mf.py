@@ -37,6 +37,11 @@ class BiasedMF(RecModel):
         item_genres: accepted so every model takes the same arguments; unused here.
         init_std: standard deviation of the normal initialisation of the factors.
         global_mean: initial value of ``μ`` (set it to the training mean).
+        learn_global_mean: train ``μ`` (a global parameter); when False, ``μ`` is a
+            constant and the local ``b_u`` and global ``b_i`` absorb the offset. Its
+            device update is ``n`` times larger than an item row's (every example
+            touches it), which a plain FedAvg server step with the large learning rate
+            that item rows need (user-level DP) turns into divergence.
         generator: RNG of the initialisation (the global one when ``None``).
     """
 
@@ -51,6 +56,7 @@ class BiasedMF(RecModel):
         item_genres: np.ndarray | torch.Tensor | None = None,
         init_std: float = 0.1,
         global_mean: float = 0.0,
+        learn_global_mean: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
@@ -72,6 +78,7 @@ class BiasedMF(RecModel):
             self.user_bias.weight.zero_()
             self.item_bias.weight.zero_()
             self.global_bias.weight.fill_(float(global_mean))
+        self.global_bias.weight.requires_grad_(learn_global_mean)
 
     def _user_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         user = batch["user"]

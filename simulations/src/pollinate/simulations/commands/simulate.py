@@ -63,6 +63,13 @@ def simulate(
         float | None, typer.Option(help="Server learning rate (default per optimizer)")
     ] = None,
     embedding_dim: Annotated[int | None, typer.Option(help="Latent dimension")] = None,
+    learn_global_mean: Annotated[
+        bool | None,
+        typer.Option(
+            "--learn-global-mean/--no-learn-global-mean",
+            help="mf: train the global mean (turn off under user-level DP with FedAvg)",
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Local batch size")] = None,
     lr_global: Annotated[
         float | None, typer.Option(help="Device learning rate of global parameters")
