@@ -89,3 +89,19 @@ def test_server_rejects_non_finite_updates() -> None:
 
 def test_bytes_count_the_array_payload() -> None:
     assert record_bytes(reply(GLOBAL)) >= (15 + 5) * 4
+
+
+def test_only_a_device_that_stopped_may_reply_without_an_update() -> None:
+    stopped = RecordDict({"metrics": MetricRecord({"dp-stopped": 1, "local-epsilon": 7.9})})
+    check_incoming(stopped, kind="train", spec=SPEC)
+    silent = RecordDict({"metrics": MetricRecord({"local-epsilon": 7.9})})
+    with pytest.raises(AllowListError, match="update"):
+        check_incoming(silent, kind="train", spec=SPEC)
+    sneaky = RecordDict(
+        {
+            "update": arrays_to_record(GLOBAL),
+            "metrics": MetricRecord({"dp-stopped": 1}),
+        }
+    )
+    with pytest.raises(AllowListError, match="stopped"):
+        check_outgoing(sneaky, kind="train", spec=SPEC)

@@ -190,6 +190,7 @@ def local_dp_config(config: Mapping[str, Any]) -> LocalDPConfig:
         epsilon_budget=_optional_float(config, "local-epsilon-budget"),
         accountant=str(config.get("local-accountant", "rdp")),  # type: ignore[arg-type]
         secure_rng=config.get("noise-seed") is None,
+        grad_sample_mode=str(config.get("local-grad-sample-mode", "hooks")),  # type: ignore[arg-type]
     )
 
 

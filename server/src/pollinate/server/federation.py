@@ -55,7 +55,7 @@ DEVICE_KEYS = (
     "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
     "lr-global", "lr-local", "weight-decay", "negatives", "seed", "device-state-dir", "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
-    "local-accountant", "noise-seed",
+    "local-accountant", "local-grad-sample-mode", "noise-seed",
 )  # fmt: skip
 
 #: Config key of the run ledger's path, sent to simulated devices only (see client.app).

@@ -58,8 +58,11 @@ class FederationConfig(BaseModel):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     lr_global: float = Field(0.01, gt=0)
-    lr_local: float = Field(0.02, gt=0)
-    weight_decay: float = Field(0.02, ge=0)
+    # Chosen on ML-100K validation RMSE with simulations/benchmarks/tune_inprocess.py
+    # (RESULTS.md): a lower private-parameter rate and stronger L2 stop the private
+    # vectors from over-fitting the few ratings of a device.
+    lr_local: float = Field(0.005, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
     loss: Literal["mse", "bpr", "sampled_softmax"] | None = None
     negatives: int = Field(64, ge=1)
     # Server
@@ -79,6 +82,10 @@ class FederationConfig(BaseModel):
     local_epsilon_budget: float | None = Field(None, gt=0)
     local_delta: float | None = Field(None, gt=0, lt=1)
     local_accountant: Literal["rdp", "prv"] = "rdp"
+    #: Opacus per-example clipping: "hooks" materialises per-example gradients (any
+    #: model); "ghost" computes only their norms (far less memory; ``mf`` with
+    #: ``weight-decay`` 0 only, see pollinate.client.dp_training).
+    local_grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
     user_noise: float | None = Field(None, gt=0)
     user_epsilon: float | None = Field(None, gt=0)
     user_clip: float = Field(0.05, gt=0)

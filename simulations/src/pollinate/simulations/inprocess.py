@@ -74,6 +74,7 @@ def _local_dp(cfg: FederationConfig) -> LocalDPConfig:
         epsilon_budget=cfg.local_epsilon_budget,
         accountant=cfg.local_accountant,
         secure_rng=cfg.noise_seed is None,
+        grad_sample_mode=cfg.local_grad_sample_mode,
     )
 
 

@@ -123,6 +123,9 @@ def simulate(
         float | None, typer.Option(help="Device δ (default min(1e-5, 1/(10·n)))")
     ] = None,
     local_accountant: Annotated[str | None, typer.Option(help="rdp or prv (Opacus)")] = None,
+    local_grad_sample_mode: Annotated[
+        str | None, typer.Option(help="hooks, or ghost (mf with --weight-decay 0 only)")
+    ] = None,
     user_noise: Annotated[
         float | None, typer.Option(help="Server noise multiplier z (noise std z·S)")
     ] = None,
