@@ -229,15 +229,21 @@ class LocalRoundPlan:
 
 
 def local_sample_rate(n_train: int, batch_size: int) -> float:
-    """Poisson rate ``min(B, n/2) / n``: expected batch B, capped at rate 0.5.
+    """Poisson rate ``min(B, n/2) / n`` rounded *up* to two significant digits.
 
-    Never 1, which would forgo amplification by subsampling (see the module docstring).
+    Expected batch B, capped at rate 0.5: never 1, which would forgo amplification by
+    subsampling (see the module docstring). The rounding makes devices of similar size
+    share one rate, so that a target ε is calibrated once per rate rather than once per
+    device (a calibration costs seconds); the rate rounded is the rate sampled with, so
+    the accountant still describes exactly what the code does.
     """
     if n_train <= 0:
         return 0.0
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    return min(float(batch_size), n_train * MAX_SAMPLE_RATE) / n_train
+    exact = min(float(batch_size), n_train * MAX_SAMPLE_RATE) / n_train
+    scale = 10.0 ** (1 - math.floor(math.log10(exact)))
+    return min(math.ceil(exact * scale - 1e-9) / scale, MAX_SAMPLE_RATE)
 
 
 @lru_cache(maxsize=256)
