@@ -85,7 +85,7 @@ def plot(args: argparse.Namespace) -> None:
     out = Path(args.out)
     rows = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines() if x]
     names = sorted({r["name"] for r in rows})
-    metrics = sorted({next(iter(r["final"])) for r in rows})
+    metrics = sorted({"rmse" if "rmse" in r["final"] else "ndcg@10" for r in rows})
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
     refs = json.loads(args.references) if args.references else {}
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -103,9 +103,10 @@ def plot(args: argparse.Namespace) -> None:
                         r["final"][metric], ls="--", color=line[0].get_color(), lw=1,
                         label=f"{name}: no DP (federated)",
                     )  # fmt: skip
-        for label, ref in refs.get(metric, {}).items():
-            ax.axhline(ref, ls=":", color="black", lw=1)
-            ax.annotate(label, (ax.get_xlim()[0], ref), fontsize=8, va="bottom")
+        for (label, ref), color in zip(
+            refs.get(metric, {}).items(), ["black", "gray", "brown", "purple"], strict=False
+        ):
+            ax.axhline(ref, ls=":", color=color, lw=1.2, label=label)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ε (at the run's δ; user level: per user, local: max over devices)")
         ax.set_ylabel(f"test {metric}")
