@@ -88,7 +88,7 @@ class FederationConfig(BaseModel):
     local_grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
     user_noise: float | None = Field(None, gt=0)
     user_epsilon: float | None = Field(None, gt=0)
-    user_clip: float = Field(0.05, gt=0)
+    user_clip: float = Field(0.1, gt=0)
     user_epsilon_budget: float | None = Field(None, gt=0)
     user_delta: float | None = Field(None, gt=0, lt=1)
     user_accountant: Literal["rdp", "pld"] = "pld"
