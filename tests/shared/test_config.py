@@ -42,3 +42,12 @@ def test_defaults_follow_the_task_and_model() -> None:
     assert ranking.effective_loss == "sampled_softmax"
     assert ranking.effective_server_lr == 0.03
     assert FederationConfig.from_mapping({"server-lr": 2.0}).effective_server_lr == 2.0
+
+
+def test_full_softmax_is_refused_under_local_dp_only() -> None:
+    ok = FederationConfig.from_mapping({"task": "ranking", "loss": "softmax"})
+    assert ok.effective_loss == "softmax"
+    with pytest.raises(ConfigError, match="cannot be clipped per example"):
+        FederationConfig.from_mapping(
+            {"task": "ranking", "loss": "softmax", "dp": "local", "local-noise": 1.0}
+        )

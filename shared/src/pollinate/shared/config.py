@@ -63,7 +63,9 @@ class FederationConfig(BaseModel):
     # vectors from over-fitting the few ratings of a device.
     lr_local: float = Field(0.005, gt=0)
     weight_decay: float = Field(0.05, ge=0)
-    loss: Literal["mse", "bpr", "sampled_softmax"] | None = None
+    #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
+    #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
+    loss: Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"] | None = None
     negatives: int = Field(64, ge=1)
     # Server
     rounds: int = Field(20, ge=1)
@@ -107,6 +109,11 @@ class FederationConfig(BaseModel):
             raise ValueError("the interest model ranks items; use --task ranking with it")
         if (self.task == "rating") != (self.effective_loss == "mse"):
             raise ValueError(f"loss {self.effective_loss!r} does not fit the {self.task} task")
+        if self.local_dp and self.effective_loss in ("softmax", "shared_softmax"):
+            raise ValueError(
+                f"loss {self.effective_loss!r} reads the item table directly and cannot be "
+                "clipped per example by Opacus; use --loss sampled_softmax or bpr with --dp local"
+            )
         for layer, on in (("local", self.local_dp), ("user", self.user_dp)):
             noise, target = getattr(self, f"{layer}_noise"), getattr(self, f"{layer}_epsilon")
             if on and (noise is None) == (target is None):

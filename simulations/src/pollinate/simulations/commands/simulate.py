@@ -80,7 +80,9 @@ def simulate(
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
     ] = None,
-    loss: Annotated[str | None, typer.Option(help="mse, bpr or sampled_softmax")] = None,
+    loss: Annotated[
+        str | None, typer.Option(help="mse, bpr, sampled_softmax, softmax (not with --dp local)")
+    ] = None,
     negatives: Annotated[
         int | None, typer.Option(help="Negatives per example (ranking losses)")
     ] = None,
