@@ -174,3 +174,16 @@ def test_the_accountant_survives_a_crash_between_saving_and_sending(
     acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in events]
     assert eps == pytest.approx(acc.get_epsilon(events[-1].delta), rel=1e-9)
     assert eps > events[1].epsilon
+
+
+def test_every_config_key_the_device_reads_is_sent_to_it() -> None:
+    # A key missing from DEVICE_KEYS silently falls back to a device-side default (this
+    # once made `--loss` a no-op on Flower).
+    import re
+    from pathlib import Path
+
+    source = Path(client_app.__file__).read_text()
+    read = set(re.findall(r'config(?:\.get\()?\[?\(?"([a-z-]+)"', source))
+    sent = set(DEVICE_KEYS) | {"round", "part", "run-ledger", "partition-id"}
+    assert read, "the pattern no longer finds the keys the device reads"
+    assert read <= sent, f"read by the device but never sent: {sorted(read - sent)}"
