@@ -53,7 +53,8 @@ Arrays = dict[str, np.ndarray]
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
-    "lr-global", "lr-local", "weight-decay", "loss", "negatives", "seed", "device-state-dir", "rounds",
+    "lr-global", "lr-local", "weight-decay", "loss", "negatives", "seed", "device-state-dir",
+    "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
     "local-accountant", "local-grad-sample-mode", "noise-seed",
 )  # fmt: skip
