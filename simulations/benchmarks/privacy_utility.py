@@ -25,25 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.inprocess import run_inprocess
+from pollinate.simulations.inprocess import parse_config_value, run_inprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return None if text == "none" else text
 
 
 def run_sweep(args: argparse.Namespace) -> None:
     base: dict[str, Any] = {"progress": False, "eval-every": 0}
     for item in args.set:
         key, _, val = item.partition("=")
-        base[key] = _value(val)
+        base[key] = parse_config_value(val)
     if base.get("dataset", "synthetic") != "synthetic":
         base.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     out = Path(args.out)

@@ -18,18 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.inprocess import run_inprocess
+from pollinate.simulations.inprocess import parse_config_value, run_inprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def main() -> None:
@@ -44,10 +35,10 @@ def main() -> None:
     }
     it = iter(rest)
     for flag in it:
-        values[flag.lstrip("-")] = _value(next(it))
+        values[flag.lstrip("-")] = parse_config_value(next(it))
     for item in args.set:
         key, _, val = item.partition("=")
-        values[key] = _value(val)
+        values[key] = parse_config_value(val)
     if values.get("dataset", "synthetic") != "synthetic":
         values.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     cfg = FederationConfig.from_mapping(values)

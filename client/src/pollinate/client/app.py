@@ -31,7 +31,7 @@ from pollinate.client.evaluation import evaluate_device
 from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
 from pollinate.client.training import LocalTrainConfig, train_device
 from pollinate.shared.models.base import RecModel, build_model
-from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter
+from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import load_task
 from pollinate.shared.wire import (
     CONFIG_RECORD,
@@ -160,8 +160,9 @@ def _local_state(model: RecModel) -> dict[str, np.ndarray]:
     return {k: params[k].detach().numpy().copy() for k in model.local_parameter_names()}
 
 
-def _train_config(config: Mapping[str, Any], device: DeviceData) -> LocalTrainConfig:
-    loss = config.get("loss") or ("mse" if device.task == "rating" else "sampled_softmax")
+def train_config(config: Mapping[str, Any], task: str) -> LocalTrainConfig:
+    """The device's training settings from the round's config (dashed keys)."""
+    loss = config.get("loss") or ("mse" if task == "rating" else "sampled_softmax")
     return LocalTrainConfig(
         loss=str(loss),
         reg=float(config["weight-decay"]),
@@ -226,29 +227,23 @@ def _train_private(
         store.save_history(new_history)
         store.save(round_, _local_state(model))
         if ledger is not None:
-            z, q, steps = new_history[-1]
             delta = (
                 dp.delta if dp.delta is not None else default_local_delta(len(device.split.train))
             )
             ledger.append(
-                LedgerEvent(
-                    layer="local",
-                    unit="interaction",
-                    round=round_,
+                local_event(
+                    round_=round_,
                     device=key,
-                    mechanism="DP-SGD (Opacus): Poisson-sampled, per-example clipped Gaussian",
-                    noise_multiplier=z,
-                    sample_rate=q,
-                    steps=steps,
+                    release=new_history[-1],
                     clip_norm=dp.clip_norm,
                     delta=delta,
-                    accountant=f"opacus-{dp.accountant}",
+                    accountant=dp.accountant,
                     epsilon=device_epsilon(new_history, delta, dp.accountant),
                 )
             )
 
     outcome = train_device_dp(
-        model, device, _train_config(config, device), dp, history, noise_gen,
+        model, device, train_config(config, device.task), dp, history, noise_gen,
         before_release=before_release,
     )  # fmt: skip
     metrics: dict[str, int | float] = {
@@ -273,7 +268,7 @@ def train(message: Message, context: Context) -> Message:
         content = RecordDict(records)
         check_outgoing(content, kind="train", spec=spec)
         return Message(content=content, reply_to=message)
-    outcome = train_device(model, device, _train_config(config, device), gen)
+    outcome = train_device(model, device, train_config(config, device.task), gen)
     store.save(int(config["round"]), _local_state(model))
     content = RecordDict(
         {

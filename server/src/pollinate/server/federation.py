@@ -30,7 +30,7 @@ from pollinate.server.sampling import poisson_sample
 from pollinate.server.user_dp import noise_source, noisy_mean
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
-from pollinate.shared.models.base import build_model
+from pollinate.shared.models.base import RecModel, build_model
 from pollinate.shared.privacy.ledger import LedgerWriter, read_ledger
 from pollinate.shared.tasks import Catalog
 from pollinate.shared.wire import (
@@ -81,23 +81,28 @@ class RoundResult:
     user_epsilon: float | None = None
 
 
+def build_run_model(cfg: FederationConfig, catalog: Catalog) -> RecModel:
+    """A one-user model of the run's configuration (initialised from torch's global RNG)."""
+    return build_model(
+        cfg.model,
+        n_users=1,
+        n_items=catalog.n_items,
+        dim=cfg.embedding_dim,
+        item_genres=catalog.item_genres,
+        **(
+            {"global_mean": catalog.rating_midpoint, "learn_global_mean": cfg.learn_global_mean}
+            if cfg.model == "mf"
+            else {}
+        ),
+        **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
+    )
+
+
 def initial_global_state(cfg: FederationConfig, catalog: Catalog) -> Arrays:
     """Global parameters of a freshly built model, seeded by the run seed."""
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        model = build_model(
-            cfg.model,
-            n_users=1,
-            n_items=catalog.n_items,
-            dim=cfg.embedding_dim,
-            item_genres=catalog.item_genres,
-            **(
-                {"global_mean": catalog.rating_midpoint, "learn_global_mean": cfg.learn_global_mean}
-                if cfg.model == "mf"
-                else {}
-            ),
-            **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
-        )
+        model = build_run_model(cfg, catalog)
     return model.global_state()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,13 @@ from pollinate.shared.privacy.accounting import calibrate_user_noise, user_epsil
 from pollinate.shared.privacy.ledger import LedgerEvent, read_ledger
 
 USER_MECHANISM = "Poisson-sampled Gaussian sum of per-user clipped updates"
+
+
+@lru_cache(maxsize=8)
+def _epsilon(rounds: tuple[tuple[float, float], ...], delta: float, accountant: str) -> float:
+    """ε of a list of released rounds. Cached: a round's budget check and its release ask
+    for the same list, and a PLD evaluation takes about a second."""
+    return user_epsilon(rounds, delta, accountant)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -63,11 +71,11 @@ class UserPrivacy:
 
     @property
     def epsilon(self) -> float:
-        return user_epsilon(self.rounds, self.delta, self.accountant)  # type: ignore[arg-type]
+        return _epsilon(tuple(self.rounds), self.delta, self.accountant)
 
     def epsilon_after_next(self) -> float:
         nxt = [*self.rounds, (self.noise_multiplier, self.sample_rate)]
-        return user_epsilon(nxt, self.delta, self.accountant)  # type: ignore[arg-type]
+        return _epsilon(tuple(nxt), self.delta, self.accountant)
 
     def next_round_allowed(self) -> bool:
         return self.budget is None or self.epsilon_after_next() <= self.budget

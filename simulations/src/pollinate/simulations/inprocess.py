@@ -24,20 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from pollinate.client.app import local_dp_config, train_config
 from pollinate.client.device_data import DeviceData, DeviceIndex
-from pollinate.client.dp_training import LocalDPConfig, train_device_dp
+from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
-from pollinate.client.training import LocalTrainConfig, train_device
+from pollinate.client.training import train_device
 from pollinate.server.aggregate import mean_update
 from pollinate.server.evaluation import add_sums, finalize
-from pollinate.server.federation import initial_global_state
+from pollinate.server.federation import build_run_model, initial_global_state
 from pollinate.server.optimizers import make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.sampling import poisson_sample
 from pollinate.server.user_dp import noise_source, noisy_mean
 from pollinate.shared.config import FederationConfig
-from pollinate.shared.models.base import RecModel, build_model
-from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter
+from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import catalog_of, load_task_for
 
 Arrays = dict[str, np.ndarray]
@@ -51,31 +51,14 @@ class InProcessResult:
     seconds: float = 0.0
 
 
-def _train_config(cfg: FederationConfig) -> LocalTrainConfig:
-    return LocalTrainConfig(
-        loss=cfg.effective_loss,
-        reg=cfg.weight_decay,
-        negatives=cfg.negatives,
-        epochs=cfg.local_epochs,
-        batch_size=cfg.batch_size,
-        lr_global=cfg.lr_global,
-        lr_local=cfg.lr_local,
-        history_len=cfg.history_len,
-    )
-
-
-def _local_dp(cfg: FederationConfig) -> LocalDPConfig:
-    return LocalDPConfig(
-        clip_norm=cfg.local_clip,
-        noise_multiplier=cfg.local_noise,
-        target_epsilon=cfg.local_epsilon,
-        planned_rounds=cfg.rounds,
-        delta=cfg.local_delta,
-        epsilon_budget=cfg.local_epsilon_budget,
-        accountant=cfg.local_accountant,
-        secure_rng=cfg.noise_seed is None,
-        grad_sample_mode=cfg.local_grad_sample_mode,
-    )
+def parse_config_value(text: str) -> Any:
+    """A command-line value as int, float, None (``none``) or the string itself."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return None if text == "none" else text
 
 
 def run_inprocess(
@@ -92,22 +75,7 @@ def run_inprocess(
     index = DeviceIndex(task)
     devices: list[DeviceData] = [index.device(u) for u in range(index.n_devices)]
 
-    def fresh_model() -> RecModel:
-        return build_model(
-            cfg.model,
-            n_users=1,
-            n_items=catalog.n_items,
-            dim=cfg.embedding_dim,
-            item_genres=catalog.item_genres,
-            **(
-                {"global_mean": catalog.rating_midpoint, "learn_global_mean": cfg.learn_global_mean}
-                if cfg.model == "mf"
-                else {}
-            ),
-            **({"history_len": cfg.history_len} if cfg.model == "interest" else {}),
-        )
-
-    model = fresh_model()
+    model = build_run_model(cfg, catalog)
     local_names = model.local_parameter_names()
     params = dict(model.named_parameters())
     # Each device's private parameters start as a freshly built model's (seeded per device).
@@ -115,14 +83,15 @@ def run_inprocess(
     with torch.random.fork_rng():
         for u in range(len(devices)):
             torch.manual_seed(cfg.seed * 1_000_003 + u)
-            init = dict(fresh_model().named_parameters())
+            init = dict(build_run_model(cfg, catalog).named_parameters())
             private[u] = {k: init[k].detach().clone() for k in local_names}
     glob = initial_global_state(cfg, catalog)
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
     opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_cfg = _train_config(cfg)
+    flat = cfg.to_flat()
+    train_cfg = train_config(flat, cfg.task)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ledger_path = out / "ledger.jsonl"
@@ -131,7 +100,7 @@ def run_inprocess(
     ledger = LedgerWriter(ledger_path) if write_ledger and cfg.dp != "none" else None
     user = UserPrivacy.from_config(cfg, len(devices)) if cfg.user_dp else None
     user_noise = noise_source(cfg.noise_seed, role="user-level noise")
-    local_dp = _local_dp(cfg) if cfg.local_dp else None
+    local_dp = local_dp_config(flat) if cfg.local_dp else None
     histories: dict[int, list[tuple[float, float, int]]] = {u: [] for u in range(len(devices))}
     noise_gen = torch.Generator().manual_seed(cfg.noise_seed or 0)
 
@@ -184,17 +153,17 @@ def run_inprocess(
                     continue
                 histories[u] = dp_out.history
                 if ledger is not None:
-                    z, q, steps = dp_out.history[-1]
                     ledger.append(
-                        LedgerEvent(
-                            layer="local", unit="interaction", round=r, device=str(u),
-                            mechanism="DP-SGD (Opacus): Poisson-sampled, per-example clipped "
-                            "Gaussian", noise_multiplier=z, sample_rate=q, steps=steps,
+                        local_event(
+                            round_=r,
+                            device=str(u),
+                            release=dp_out.history[-1],
                             clip_norm=local_dp.clip_norm,
-                            delta=dp_out.plan.delta, accountant=f"opacus-{local_dp.accountant}",
+                            delta=dp_out.plan.delta,
+                            accountant=local_dp.accountant,
                             epsilon=dp_out.epsilon,
                         )
-                    )  # fmt: skip
+                    )
             private[u] = {k: params[k].detach().clone() for k in local_names}
             assert update is not None
             updates.append(update)

@@ -73,6 +73,37 @@ class LedgerEvent:
         return cls(**{k: raw[k] for k in known if k in raw})
 
 
+LOCAL_MECHANISM = "DP-SGD (Opacus): Poisson-sampled, per-example clipped Gaussian"
+
+
+def local_event(
+    *,
+    round_: int,
+    device: str,
+    release: tuple[float, float, int],
+    clip_norm: float,
+    delta: float,
+    accountant: str,
+    epsilon: float,
+) -> LedgerEvent:
+    """The event of one device round; ``release`` is its ``(noise, sample_rate, steps)``."""
+    noise, rate, steps = release
+    return LedgerEvent(
+        layer="local",
+        unit="interaction",
+        round=round_,
+        device=device,
+        mechanism=LOCAL_MECHANISM,
+        noise_multiplier=noise,
+        sample_rate=rate,
+        steps=steps,
+        clip_norm=clip_norm,
+        delta=delta,
+        accountant=f"opacus-{accountant}",
+        epsilon=epsilon,
+    )
+
+
 class LedgerWriter:
     """Append-only, fsync'ed JSON lines: the write-ahead log of DP releases."""
 
