@@ -75,29 +75,34 @@ def plot(args: argparse.Namespace) -> None:
 
     out = Path(args.out)
     rows = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines() if x]
-    names = sorted({r["name"] for r in rows})
-    metrics = sorted({"rmse" if "rmse" in r["final"] else "ndcg@10" for r in rows})
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.5), squeeze=False)
+    for r in rows:
+        r["metric"] = "rmse" if "rmse" in r["final"] else "ndcg@10"
+        r["panel"] = f"{r['config'].get('dataset', 'synthetic')}, {r['metric']}"
+    panels = sorted({r["panel"] for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    # {"ml-100k": {"centralized": 0.906}}: reference lines drawn on that dataset's panel
     refs = json.loads(args.references) if args.references else {}
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for name in names:
-            mine = [r for r in rows if r["name"] == name and metric in r["final"]]
-            dp = sorted((r for r in mine if r["epsilon"] is not None), key=lambda r: r["epsilon"])
-            if not mine:
-                continue
+    for ax, panel in zip(axes[0], panels, strict=True):
+        mine = [r for r in rows if r["panel"] == panel]
+        metric = mine[0]["metric"]
+        for name in sorted({r["name"] for r in mine}):
+            runs = [r for r in mine if r["name"] == name]
+            dp = sorted((r for r in runs if r["epsilon"] is not None), key=lambda r: r["epsilon"])
             line = ax.plot(
                 [r["epsilon"] for r in dp], [r["final"][metric] for r in dp], "o-", label=name
             )
-            for r in mine:
+            for r in runs:
                 if r["epsilon"] is None:
                     ax.axhline(
                         r["final"][metric], ls="--", color=line[0].get_color(), lw=1,
                         label=f"{name}: no DP (federated)",
                     )  # fmt: skip
+        dataset = mine[0]["config"].get("dataset", "synthetic")
         for (label, ref), color in zip(
-            refs.get(metric, {}).items(), ["black", "gray", "brown", "purple"], strict=False
+            refs.get(dataset, {}).items(), ["black", "gray", "brown", "purple"], strict=False
         ):
             ax.axhline(ref, ls=":", color=color, lw=1.2, label=label)
+        ax.set_title(panel)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ε (at the run's δ; user level: per user, local: max over devices)")
         ax.set_ylabel(f"test {metric}")
@@ -120,7 +125,9 @@ def main() -> None:
     p = sub.add_parser("plot")
     p.add_argument("--out", default="simulations/benchmarks/privacy_utility")
     p.add_argument(
-        "--references", default="", help='JSON {"rmse": {"centralized": 0.906}} lines to draw'
+        "--references",
+        default="",
+        help='JSON {"ml-100k": {"centralized": 0.906}}: lines drawn on that dataset\'s panel',
     )
     args = parser.parse_args()
     run_sweep(args) if args.cmd == "run" else plot(args)

@@ -14,6 +14,7 @@ from pollinate.client import app as client_app
 from pollinate.client.device_data import DeviceIndex
 from pollinate.server.federation import DEVICE_KEYS, initial_global_state
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.tasks import catalog_of, load_task
 from pollinate.shared.wire import EVAL_METRIC_KEYS, TRAIN_METRIC_KEYS, arrays_to_record
 
@@ -116,6 +117,18 @@ def test_private_state_persists_across_rounds_in_the_node_state() -> None:
     client_app.train(message("train", 2), ctx)
     second = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
     assert not np.array_equal(first, second)  # trained further from where it was
+
+
+def test_a_diverged_round_raises_and_keeps_the_previous_private_state() -> None:
+    ctx = context(5)
+    client_app.train(message("train", 1), ctx)
+    kept = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy().copy()
+    huge = {"lr-global": 1e30, "lr-local": 1e30, "local-epochs": 5}
+    wild = FederationConfig.from_mapping(dict(CFG.to_flat(), **huge))
+    with pytest.raises(TrainingDivergedError, match=r"non-finite values in .*lr-global"):
+        client_app.train(message("train", 2, wild), ctx)
+    after = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
+    np.testing.assert_array_equal(after, kept)
 
 
 def test_enrollment_sends_the_device_key_only() -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pollinate.client.device_data import DeviceData
+from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.training.examples import build_examples, n_examples, take
 from pollinate.shared.training.losses import get_loss
@@ -76,4 +77,26 @@ def train_device(
             count += len(losses)
     after = model.global_state()
     update = {k: after[k] - before[k] for k in before}
+    check_finite(model, update)
     return TrainOutcome(update, total / max(count, 1), n, time.perf_counter() - t0)
+
+
+def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
+    """Raise before anything is saved or sent if training diverged (NaN or inf).
+
+    The caller then keeps the device's private state of the previous round: a diverged
+    round must not poison the device's later rounds, nor reach the server.
+    """
+    bad = [k for k, v in update.items() if not np.isfinite(v).all()]
+    bad += [
+        k
+        for k in model.local_parameter_names()
+        if not torch.isfinite(dict(model.named_parameters())[k]).all()
+    ]
+    if bad:
+        raise TrainingDivergedError(
+            f"local training diverged: non-finite values in {', '.join(sorted(bad))}; "
+            "nothing of this round was kept. Lower --lr-global/--lr-local (the loss is a "
+            "sum over the batch, so shared weights such as the interest encoder take "
+            "batch-size times the per-example step)"
+        )

@@ -43,3 +43,7 @@ class ChecksumError(DatasetError):
 
 class ModelError(PollinateError, ValueError):
     """A model is unknown or was asked for something it cannot do."""
+
+
+class TrainingDivergedError(PollinateError, ArithmeticError):
+    """Local training produced non-finite values; nothing of the round was kept."""

@@ -37,6 +37,7 @@ from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.sampling import poisson_sample
 from pollinate.server.user_dp import noise_source, noisy_mean
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import catalog_of, load_task_for
 
@@ -134,12 +135,16 @@ def run_inprocess(
         sampled = poisson_sample(list(range(len(devices))), cfg.sample_rate, rng)
         updates: list[Arrays] = []
         losses: list[float] = []
-        stopped = 0
+        stopped = diverged = 0
         eps_local: list[float] = []
         for u in sampled:
             load(u)
             if local_dp is None:
-                outcome = train_device(model, devices[u], train_cfg, gen)
+                try:
+                    outcome = train_device(model, devices[u], train_cfg, gen)
+                except TrainingDivergedError:
+                    diverged += 1  # as on Flower: the device fails, its state is kept
+                    continue
                 update: Arrays | None = outcome.update
                 losses.append(outcome.loss)
             else:
@@ -168,6 +173,8 @@ def run_inprocess(
             assert update is not None
             updates.append(update)
         entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": len(updates)}
+        if diverged:
+            entry["failed"] = diverged
         if user is None:
             if updates:
                 glob = opt.step(glob, mean_update(updates, list(glob)))
