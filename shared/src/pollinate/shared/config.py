@@ -30,6 +30,21 @@ DEFAULT_SERVER_LR: dict[tuple[str, str], float] = {
 }
 
 
+#: Device learning rates and loss by (task, model), used where the run does not set
+#: them. Measured with simulations/benchmarks/tune_inprocess.py (RESULTS.md): for rating,
+#: lower private rates and L2 stop the private vectors over-fitting a device's few
+#: ratings; for ranking, the full-catalogue softmax on the device is what lifts
+#: federated ``mf`` above popularity, at device rate 0.05 (the ``interest`` encoder's
+#: shared weights diverge at 0.05: they take batch-size times the per-example step).
+#: Under local DP the loss must be one Opacus clips per example: sampled softmax.
+TASK_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("rating", "mf"): {"lr-local": 0.005, "lr-global": 0.01, "loss": "mse"},
+    ("ranking", "mf"): {"lr-local": 0.05, "lr-global": 0.05, "loss": "softmax"},
+    ("ranking", "interest"): {"lr-local": 0.05, "lr-global": 0.01, "loss": "softmax"},
+}
+LOCAL_DP_RANKING_LOSS = "sampled_softmax"
+
+
 def _dash(name: str) -> str:
     return name.replace("_", "-")
 
@@ -57,11 +72,9 @@ class FederationConfig(BaseModel):
     # Device training
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr_global: float = Field(0.01, gt=0)
-    # Chosen on ML-100K validation RMSE with simulations/benchmarks/tune_inprocess.py
-    # (RESULTS.md): a lower private-parameter rate and stronger L2 stop the private
-    # vectors from over-fitting the few ratings of a device.
-    lr_local: float = Field(0.005, gt=0)
+    #: Device learning rates: by task and model when unset (``TASK_DEFAULTS``).
+    lr_global: float = Field(gt=0)
+    lr_local: float = Field(gt=0)
     weight_decay: float = Field(0.05, ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
     #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
@@ -102,6 +115,22 @@ class FederationConfig(BaseModel):
     out: str = "runs/latest"
     device_state_dir: str | None = None
     progress: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """Fill the device learning rates and the loss that the run leaves unset."""
+        if not isinstance(data, Mapping):
+            return data
+        values = {_dash(k): v for k, v in data.items()}
+        task, model = values.get("task", "rating"), values.get("model", "mf")
+        defaults = dict(TASK_DEFAULTS.get((task, model), TASK_DEFAULTS[("rating", "mf")]))
+        if task == "ranking" and values.get("dp") in ("local", "both"):
+            defaults["loss"] = LOCAL_DP_RANKING_LOSS
+        for key, value in defaults.items():
+            if values.get(key) is None:
+                values[key] = value
+        return values
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
