@@ -200,3 +200,20 @@ def test_every_config_key_the_device_reads_is_sent_to_it() -> None:
     sent = set(DEVICE_KEYS) | {"round", "part", "run-ledger", "partition-id"}
     assert read, "the pattern no longer finds the keys the device reads"
     assert read <= sent, f"read by the device but never sent: {sorted(read - sent)}"
+
+
+def test_a_diverged_dp_round_is_charged_but_neither_kept_nor_sent(tmp_path: Any) -> None:
+    from pollinate.shared.privacy.ledger import read_ledger
+
+    ctx = context(8)
+    client_app.train(dp_message(1, tmp_path), ctx)
+    kept = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy().copy()
+    huge = {"lr-global": 1e30, "lr-local": 1e30, "local-epochs": 5}
+    wild = FederationConfig.from_mapping(dict(DP_CFG.to_flat(), **huge))
+    msg = message("train", 2, wild, **{"run-ledger": str(tmp_path / "ledger.jsonl")})
+    with pytest.raises(TrainingDivergedError):
+        client_app.train(msg, ctx)
+    # Whether a round diverges depends on the data, so the round still counts.
+    assert [e.round for e in read_ledger(tmp_path / "ledger.jsonl") if e.device == "8"] == [1, 2]
+    after = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
+    np.testing.assert_array_equal(after, kept)

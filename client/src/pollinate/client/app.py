@@ -29,7 +29,7 @@ from pollinate.client.dp_training import (
 )
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
-from pollinate.client.training import LocalTrainConfig, train_device
+from pollinate.client.training import LocalTrainConfig, check_finite, train_device
 from pollinate.shared.models.base import RecModel, build_model
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import load_task
@@ -225,7 +225,11 @@ def _train_private(
 
     def before_release(new_history: list[tuple[float, float, int]]) -> None:
         store.save_history(new_history)
-        store.save(round_, _local_state(model))
+        private = _local_state(model)
+        # A diverged round is still charged (whether it diverged depends on the data);
+        # its private state is not kept, and check_finite below stops the update.
+        if all(np.isfinite(v).all() for v in private.values()):
+            store.save(round_, private)
         if ledger is not None:
             delta = (
                 dp.delta if dp.delta is not None else default_local_delta(len(device.split.train))
@@ -246,6 +250,8 @@ def _train_private(
         model, device, train_config(config, device.task), dp, history, noise_gen,
         before_release=before_release,
     )  # fmt: skip
+    if outcome.update is not None:
+        check_finite(model, outcome.update)
     metrics: dict[str, int | float] = {
         "num-examples": outcome.n_examples,
         "train-seconds": outcome.seconds,

@@ -28,7 +28,7 @@ from pollinate.client.app import local_dp_config, train_config
 from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
-from pollinate.client.training import train_device
+from pollinate.client.training import check_finite, train_device
 from pollinate.server.aggregate import mean_update
 from pollinate.server.evaluation import add_sums, finalize
 from pollinate.server.federation import build_run_model, initial_global_state
@@ -169,6 +169,11 @@ def run_inprocess(
                             epsilon=dp_out.epsilon,
                         )
                     )
+                try:
+                    check_finite(model, update)  # charged above; neither kept nor sent
+                except TrainingDivergedError:
+                    diverged += 1
+                    continue
             private[u] = {k: params[k].detach().clone() for k in local_names}
             assert update is not None
             updates.append(update)
