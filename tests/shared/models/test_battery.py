@@ -24,7 +24,7 @@ from opacus.validators import ModuleValidator
 from pollinate.shared.data.splits import leave_last_out, rating_split
 from pollinate.shared.data.types import Interactions, filter_min_interactions
 from pollinate.shared.models import RecModel, available_models, build_model
-from pollinate.shared.models.base import Batch
+from pollinate.shared.models.popularity import MostPopular
 from pollinate.shared.training import (
     build_examples,
     evaluate_ranking,
@@ -138,23 +138,6 @@ def test_score_shapes_and_score_all_agree(name: str, synthetic: Interactions) ->
         )
 
 
-class _Popularity(RecModel):
-    """Scores every item by its training popularity (the no-personalisation baseline)."""
-
-    LOCAL_PREFIXES = ()
-
-    def __init__(self, popularity: np.ndarray) -> None:
-        super().__init__()
-        self.n_items = len(popularity)
-        self.pop = torch.as_tensor(popularity, dtype=torch.float32)
-
-    def score(self, batch: Batch, items: torch.Tensor) -> torch.Tensor:
-        return self.pop[items]
-
-    def score_all(self, batch: Batch) -> torch.Tensor:
-        return self.pop.expand(batch["user"].shape[0], -1)
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_ranking_structure_beyond_popularity(name: str, synthetic: Interactions) -> None:
     data = filter_min_interactions(synthetic, 3)
@@ -182,7 +165,7 @@ def test_learns_ranking_structure_beyond_popularity(name: str, synthetic: Intera
     pop = np.bincount(
         data.items[np.concatenate([split.train, split.valid])], minlength=data.n_items
     )
-    baseline = evaluate_ranking(_Popularity(pop), data, split, "test")["ndcg@10"]
+    baseline = evaluate_ranking(MostPopular(pop), data, split, "test")["ndcg@10"]
     assert learned > 1.25 * baseline, (learned, baseline)
 
 
