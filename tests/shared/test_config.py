@@ -41,7 +41,7 @@ def test_defaults_follow_the_task_and_model() -> None:
     ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
     assert ranking.effective_loss == "softmax"
     assert (ranking.lr_local, ranking.lr_global) == (0.05, 0.01)
-    assert ranking.effective_server_lr == 0.03
+    assert ranking.effective_server_lr == 0.1
     rating = FederationConfig()
     assert (rating.lr_local, rating.lr_global) == (0.005, 0.01)
     mf_ranking = FederationConfig.from_mapping({"task": "ranking", "lr-global": 0.2})
