@@ -259,18 +259,23 @@ def test_accountant_is_handed_over_before_the_update(rating: DeviceIndex) -> Non
 
 
 # --------------------------------------------------------------------------- empty batches
-def test_empty_poisson_batches_are_noisy_steps(
-    rating: DeviceIndex, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    device = with_train_rows(rating.device(3), 1)
-    batches: list[int] = []
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of every non-empty batch DP-SGD draws (an empty one never calls ``take``)."""
+    sizes: list[int] = []
     real_take = dp_training.take
 
     def counting_take(examples: Any, idx: Any) -> Any:
-        batches.append(len(idx))
+        sizes.append(len(idx))
         return real_take(examples, idx)
 
     monkeypatch.setattr(dp_training, "take", counting_take)
+    return sizes
+
+
+def test_empty_poisson_batches_are_noisy_steps(rating: DeviceIndex, batch_sizes: list[int]) -> None:
+    device = with_train_rows(rating.device(3), 1)
+    batches = batch_sizes
     model = model_for(device)
     history: list[tuple[float, float, int]] = []
     gen = torch.Generator().manual_seed(1)
@@ -292,7 +297,7 @@ def test_empty_poisson_batches_are_noisy_steps(
 
 # --------------------------------------------------------------------------- clipping
 def test_each_step_moves_the_model_by_at_most_lr_times_clip(
-    rating: DeviceIndex, monkeypatch: pytest.MonkeyPatch
+    rating: DeviceIndex, batch_sizes: list[int]
 ) -> None:
     # One example, lr 1, clip C, almost no noise: a step with the example moves the whole
     # parameter vector by exactly C (its raw gradient norm is far above C), and an empty
@@ -300,14 +305,7 @@ def test_each_step_moves_the_model_by_at_most_lr_times_clip(
     device = with_train_rows(rating.device(3), 1)
     model = model_for(device)
     C = 1e-3
-    nonempty: list[int] = []
-    real_take = dp_training.take
-
-    def counting_take(examples: Any, idx: Any) -> Any:
-        nonempty.append(len(idx))
-        return real_take(examples, idx)
-
-    monkeypatch.setattr(dp_training, "take", counting_take)
+    nonempty = batch_sizes
     cfg = train_config(lr_global=1.0, lr_local=1.0, epochs=3)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     out = train_device_dp(

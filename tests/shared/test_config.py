@@ -37,9 +37,9 @@ def test_bad_values_say_what_is_wrong(values: dict[str, object], problem: str) -
 
 
 def test_defaults_follow_the_task_and_model() -> None:
-    assert FederationConfig().effective_loss == "mse"
+    assert FederationConfig().loss == "mse"
     ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
-    assert ranking.effective_loss == "softmax"
+    assert ranking.loss == "softmax"
     assert (ranking.lr_local, ranking.lr_global) == (0.05, 0.01)
     assert ranking.effective_server_lr == 0.1
     rating = FederationConfig()
@@ -47,14 +47,14 @@ def test_defaults_follow_the_task_and_model() -> None:
     mf_ranking = FederationConfig.from_mapping({"task": "ranking", "lr-global": 0.2})
     assert (mf_ranking.lr_local, mf_ranking.lr_global) == (0.05, 0.2)  # a set value wins
     local = FederationConfig.from_mapping({"task": "ranking", "dp": "local", "local-noise": 1.0})
-    assert local.effective_loss == "sampled_softmax"  # one Opacus can clip per example
+    assert local.loss == "sampled_softmax"  # one Opacus can clip per example
     assert FederationConfig.from_mapping(local.to_flat()) == local  # config.json round-trips
     assert FederationConfig.from_mapping({"server-lr": 2.0}).effective_server_lr == 2.0
 
 
 def test_full_softmax_is_refused_under_local_dp_only() -> None:
     ok = FederationConfig.from_mapping({"task": "ranking", "loss": "softmax"})
-    assert ok.effective_loss == "softmax"
+    assert ok.loss == "softmax"
     with pytest.raises(ConfigError, match="cannot be clipped per example"):
         FederationConfig.from_mapping(
             {"task": "ranking", "loss": "softmax", "dp": "local", "local-noise": 1.0}

@@ -160,11 +160,10 @@ def _local_state(model: RecModel) -> dict[str, np.ndarray]:
     return {k: params[k].detach().numpy().copy() for k in model.local_parameter_names()}
 
 
-def train_config(config: Mapping[str, Any], task: str) -> LocalTrainConfig:
+def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
     """The device's training settings from the round's config (dashed keys)."""
-    loss = config.get("loss") or ("mse" if task == "rating" else "sampled_softmax")
     return LocalTrainConfig(
-        loss=str(loss),
+        loss=str(config["loss"]),
         reg=float(config["weight-decay"]),
         negatives=int(config["negatives"]),
         epochs=int(config["local-epochs"]),
@@ -247,7 +246,7 @@ def _train_private(
             )
 
     outcome = train_device_dp(
-        model, device, train_config(config, device.task), dp, history, noise_gen,
+        model, device, train_config(config), dp, history, noise_gen,
         before_release=before_release,
     )  # fmt: skip
     if outcome.update is not None:
@@ -274,7 +273,7 @@ def train(message: Message, context: Context) -> Message:
         content = RecordDict(records)
         check_outgoing(content, kind="train", spec=spec)
         return Message(content=content, reply_to=message)
-    outcome = train_device(model, device, train_config(config, device.task), gen)
+    outcome = train_device(model, device, train_config(config), gen)
     store.save(int(config["round"]), _local_state(model))
     content = RecordDict(
         {

@@ -87,12 +87,9 @@ def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
     The caller then keeps the device's private state of the previous round: a diverged
     round must not poison the device's later rounds, nor reach the server.
     """
+    params = dict(model.named_parameters())
     bad = [k for k, v in update.items() if not np.isfinite(v).all()]
-    bad += [
-        k
-        for k in model.local_parameter_names()
-        if not torch.isfinite(dict(model.named_parameters())[k]).all()
-    ]
+    bad += [k for k in model.local_parameter_names() if not torch.isfinite(params[k]).all()]
     if bad:
         raise TrainingDivergedError(
             f"local training diverged: non-finite values in {', '.join(sorted(bad))}; "

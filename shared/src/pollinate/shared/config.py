@@ -80,7 +80,8 @@ class FederationConfig(BaseModel):
     weight_decay: float = Field(0.05, ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
     #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
-    loss: Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"] | None = None
+    #: By task and model when unset (``TASK_DEFAULTS``).
+    loss: Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"]
     negatives: int = Field(64, ge=1)
     # Server
     rounds: int = Field(20, ge=1)
@@ -138,11 +139,11 @@ class FederationConfig(BaseModel):
     def _check(self) -> FederationConfig:
         if self.model == "interest" and self.task == "rating":
             raise ValueError("the interest model ranks items; use --task ranking with it")
-        if (self.task == "rating") != (self.effective_loss == "mse"):
-            raise ValueError(f"loss {self.effective_loss!r} does not fit the {self.task} task")
-        if self.local_dp and self.effective_loss in ("softmax", "shared_softmax"):
+        if (self.task == "rating") != (self.loss == "mse"):
+            raise ValueError(f"loss {self.loss!r} does not fit the {self.task} task")
+        if self.local_dp and self.loss in ("softmax", "shared_softmax"):
             raise ValueError(
-                f"loss {self.effective_loss!r} reads the item table directly and cannot be "
+                f"loss {self.loss!r} reads the item table directly and cannot be "
                 "clipped per example by Opacus; use --loss sampled_softmax or bpr with --dp local"
             )
         for layer, on in (("local", self.local_dp), ("user", self.user_dp)):
@@ -171,12 +172,6 @@ class FederationConfig(BaseModel):
     @property
     def user_dp(self) -> bool:
         return self.dp in ("user", "both")
-
-    @property
-    def effective_loss(self) -> str:
-        if self.loss is not None:
-            return self.loss
-        return "mse" if self.task == "rating" else "sampled_softmax"
 
     @property
     def effective_server_lr(self) -> float:

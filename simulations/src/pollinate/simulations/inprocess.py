@@ -92,7 +92,7 @@ def run_inprocess(
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()
-    train_cfg = train_config(flat, cfg.task)
+    train_cfg = train_config(flat)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ledger_path = out / "ledger.jsonl"
