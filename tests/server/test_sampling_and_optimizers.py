@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollinate.server.aggregate import mean_update
+from pollinate.server.aggregate import UpdateSum, mean_update
 from pollinate.server.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -46,6 +46,21 @@ def test_mean_update_weights_devices_equally() -> None:
     np.testing.assert_allclose(mean_update(ups, ["w"])["w"], [2.0, 1.0])
     with pytest.raises(ValueError):
         mean_update([], ["w"])
+
+
+def test_the_running_sum_accumulates_in_float64_and_returns_the_spec_dtype() -> None:
+    total = UpdateSum({"w": ((1,), "float32")})
+    total.add({"w": np.array([1e4], dtype=np.float32)})
+    for _ in range(10_000):
+        total.add({"w": np.array([1e-4], dtype=np.float32)})
+    # In float32, 1e4 + 1e-4 == 1e4: a float32 sum would lose all 10,000 small updates
+    # (mean 0.99990 instead of 1.00000).
+    expected = (1e4 + 10_000 * np.float64(np.float32(1e-4))) / 10_001
+    mean = total.mean()["w"]
+    assert mean.dtype == np.float32 and total.count == 10_001
+    assert mean[0] == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError):
+        UpdateSum({"w": ((1,), "float32")}).mean()
 
 
 def test_fedavg_scales_the_mean_update() -> None:

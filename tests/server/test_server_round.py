@@ -85,7 +85,7 @@ def test_only_valid_updates_are_aggregated_with_equal_weights(tmp_path: Path) ->
     before = {k: v.copy() for k, v in server.params.items()}
     log = JsonlWriter(tmp_path / "messages.jsonl")
     result = server.train_round(1, [1, 2, 3, 4, 5, 6], log)
-    assert (len(result.updates), result.rejected, result.failed) == (2, 3, 1)
+    assert (result.aggregated, result.rejected, result.failed) == (2, 3, 1)
     for k, v in server.params.items():
         np.testing.assert_allclose(v, before[k] + 0.2, rtol=1e-6)  # mean of 0.1 and 0.3
 
@@ -94,7 +94,7 @@ def test_a_round_where_every_reply_is_bad_leaves_the_model_unchanged(tmp_path: P
     server = make_server(tmp_path, FakeGrid({1: update(1.0, bad="nan"), 2: failing}))
     before = {k: v.copy() for k, v in server.params.items()}
     result = server.train_round(1, [1, 2], JsonlWriter(tmp_path / "m.jsonl"))
-    assert result.updates == [] and result.rejected == 1 and result.failed == 1
+    assert result.aggregated == 0 and result.rejected == 1 and result.failed == 1
     for k, v in server.params.items():
         np.testing.assert_array_equal(v, before[k])
 

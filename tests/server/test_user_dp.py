@@ -167,7 +167,7 @@ def test_a_dp_round_is_robust_and_logged_in_the_ledger(tmp_path: Path) -> None:
     server = make_server(tmp_path, **{"user-noise": 1e-9, "user-accountant": "rdp"})
     before = {k: v.copy() for k, v in server.params.items()}
     result = server.train_round(1, [1, 2, 3], JsonlWriter(tmp_path / "m.jsonl"))
-    assert result.rejected == 1 and len(result.updates) == 2  # NaN never aggregated
+    assert result.rejected == 1 and result.aggregated == 2  # NaN never aggregated
     # Sum of clipped updates: zero plus one clipped to 0.5, over q·N = 1.5.
     delta = {k: server.params[k].astype(np.float64) - before[k] for k in before}
     assert update_norm(delta) == pytest.approx(0.5 / 1.5, rel=1e-4)

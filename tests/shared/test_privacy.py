@@ -61,6 +61,18 @@ def test_a_fresh_accountant_each_round_under_reports() -> None:
     assert continuous == pytest.approx(local_epsilon([(1.1, 0.2, 500)], 1e-5), rel=1e-9)
 
 
+def test_local_rdp_is_exactly_opacus_rdp_accountant_over_a_mixed_history() -> None:
+    from opacus.accountants import RDPAccountant
+
+    history = [(1.0, 0.5, 2), (1.0, 0.5, 2), (1.3, 0.25, 4), (0.9, 0.5, 3), (1.0, 0.5, 1)]
+    for end in range(1, len(history) + 1):
+        acc = RDPAccountant()
+        for z, q, steps in history[:end]:
+            for _ in range(steps):
+                acc.step(noise_multiplier=z, sample_rate=q)
+        assert local_epsilon(history[:end], 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+
+
 def test_bad_parameters_are_refused() -> None:
     with pytest.raises(ConfigError):
         user_epsilon_for(0.0, 0.1, 10, 1e-5)

@@ -3,6 +3,10 @@
 Equal weights: every device's update counts once, whatever its example count. An
 example-weighted mean would let one heavy user dominate and, under user-level DP, break
 the sensitivity bound. Without DP the mean divides by the number of updates received.
+
+Updates are added to a running float64 sum one at a time (:class:`UpdateSum`), so a
+round holds one dense update besides the sum, never all of them: at q = 0.2 on Amazon
+Beauty (4,500 devices, 12,101 items) a list of updates would take gigabytes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,37 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+Arrays = dict[str, np.ndarray]
+Spec = Mapping[str, tuple[tuple[int, ...], str]]
+
+
+class UpdateSum:
+    """The equal-weight running sum of the updates added so far, over the arrays of ``spec``.
+
+    ``spec`` maps every global array to its shape and dtype; an update must carry exactly
+    those arrays (the allow-list check has made sure of that before it gets here).
+    """
+
+    def __init__(self, spec: Spec) -> None:
+        self.spec = dict(spec)
+        self.total = {n: np.zeros(shape, dtype=np.float64) for n, (shape, _) in spec.items()}
+        self.count = 0
+
+    def add(self, update: Mapping[str, np.ndarray]) -> None:
+        for n, t in self.total.items():
+            t += update[n]
+        self.count += 1
+
+    def mean(self) -> Arrays:
+        """The mean of the updates added, in the dtypes of ``spec``."""
+        if self.count == 0:
+            raise ValueError("cannot aggregate an empty list of updates")
+        return {n: (t / self.count).astype(self.spec[n][1]) for n, t in self.total.items()}
+
+
+def spec_of_update(update: Mapping[str, np.ndarray], names: Sequence[str]) -> Spec:
+    return {n: (tuple(update[n].shape), str(update[n].dtype)) for n in names}
+
 
 def mean_update(
     updates: Sequence[Mapping[str, np.ndarray]], spec_names: Sequence[str]
@@ -18,8 +53,7 @@ def mean_update(
     """Equal-weight mean of ``updates`` (non-empty) over the parameters in ``spec_names``."""
     if not updates:
         raise ValueError("cannot aggregate an empty list of updates")
-    total = {n: np.zeros_like(updates[0][n], dtype=np.float64) for n in spec_names}
+    total = UpdateSum(spec_of_update(updates[0], spec_names))
     for upd in updates:
-        for n in spec_names:
-            total[n] += upd[n]
-    return {n: (t / len(updates)).astype(updates[0][n].dtype) for n, t in total.items()}
+        total.add(upd)
+    return total.mean()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pollinate.server.aggregate import Spec, UpdateSum
 from pollinate.shared.errors import ConfigError
 
 Arrays = dict[str, np.ndarray]
@@ -51,9 +52,49 @@ def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[Arrays, 
     return {n: np.asarray(a, dtype=np.float64) * scale for n, a in update.items()}, norm
 
 
+class ClippedSum(UpdateSum):
+    """The running sum of clipped updates (steps 1 and 2), one update at a time.
+
+    ``norms`` keeps every update's norm before clipping, for the run log.
+    """
+
+    def __init__(self, spec: Spec, clip: float) -> None:
+        if not clip > 0:
+            raise ConfigError(f"the user-level clip norm must be positive, got {clip}")
+        super().__init__(spec)
+        self.clip = clip
+        self.norms: list[float] = []
+
+    def add(self, update: Mapping[str, np.ndarray]) -> None:
+        clipped, norm = clip_update({n: update[n] for n in self.total}, self.clip)
+        self.norms.append(norm)
+        super().add(clipped)
+
+    def noisy_mean(
+        self, *, noise_multiplier: float, expected_devices: float, rng: np.random.Generator
+    ) -> Arrays:
+        """Steps 3 and 4: the sum plus ``N(0, (z·S)²)`` noise, over ``q·N``.
+
+        An empty sum (no device took part) still gives a pure-noise estimate of the
+        right shape.
+        """
+        if not expected_devices > 0:
+            raise ConfigError(
+                f"the expected number of devices must be positive, got {expected_devices}"
+            )
+        if noise_multiplier < 0:
+            raise ConfigError(f"the noise multiplier must be >= 0, got {noise_multiplier}")
+        std = noise_multiplier * self.clip
+        out: Arrays = {}
+        for n, (shape, dtype) in self.spec.items():
+            noisy = self.total[n] + (rng.normal(0.0, std, size=shape) if std > 0 else 0.0)
+            out[n] = (noisy / expected_devices).astype(dtype)
+        return out
+
+
 def noisy_mean(
     updates: Sequence[Mapping[str, np.ndarray]],
-    spec: Mapping[str, tuple[tuple[int, ...], str]],
+    spec: Spec,
     *,
     clip: float,
     noise_multiplier: float,
@@ -65,25 +106,13 @@ def noisy_mean(
     ``spec`` gives every global array's shape and dtype, so an empty round still
     produces a (pure-noise) estimate of the right shape.
     """
-    if not expected_devices > 0:
-        raise ConfigError(
-            f"the expected number of devices must be positive, got {expected_devices}"
-        )
-    if noise_multiplier < 0:
-        raise ConfigError(f"the noise multiplier must be >= 0, got {noise_multiplier}")
-    total = {n: np.zeros(shape, dtype=np.float64) for n, (shape, _) in spec.items()}
-    norms = []
+    total = ClippedSum(spec, clip)
     for upd in updates:
-        clipped, norm = clip_update(upd, clip)
-        norms.append(norm)
-        for n in total:
-            total[n] += clipped[n]
-    std = noise_multiplier * clip
-    out: Arrays = {}
-    for n, (shape, dtype) in spec.items():
-        noisy = total[n] + (rng.normal(0.0, std, size=shape) if std > 0 else 0.0)
-        out[n] = (noisy / expected_devices).astype(dtype)
-    return out, norms
+        total.add(upd)
+    mean = total.noisy_mean(
+        noise_multiplier=noise_multiplier, expected_devices=expected_devices, rng=rng
+    )
+    return mean, total.norms
 
 
 def default_user_delta(n_devices: int) -> float:

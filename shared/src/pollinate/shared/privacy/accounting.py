@@ -14,9 +14,11 @@ Two layers, each with its own unit of privacy:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal
 
 import dp_accounting
+import numpy as np
 from dp_accounting import pld, rdp
 
 from pollinate.shared.errors import ConfigError
@@ -139,7 +141,6 @@ def local_epsilon(
         _check(noise, rate, delta)
         if steps < 0:
             raise ConfigError(f"steps must be non-negative, got {steps}")
-    acc = PRVAccountant() if accountant == "prv" else RDPAccountant()
     # Consecutive entries with the same (noise, rate) merge into one with their steps
     # summed: RDP and PRV both compose such steps exactly as one longer run.
     merged: list[tuple[float, float, int]] = []
@@ -148,5 +149,34 @@ def local_epsilon(
             merged[-1] = (float(z), float(q), merged[-1][2] + int(steps))
         else:
             merged.append((float(z), float(q), int(steps)))
-    acc.history.extend(merged)
-    return float(acc.get_epsilon(delta))
+    if accountant == "prv":
+        acc = PRVAccountant()
+        acc.history.extend(merged)
+        return float(acc.get_epsilon(delta))
+    # What RDPAccountant.get_epsilon computes (Σ compute_rdp(q, z, steps), then
+    # get_privacy_spent, over the same orders), with the per-step RDP of each (z, q)
+    # cached: Opacus's series for fractional orders takes ~1 s at large q, and a device
+    # or a ledger recompute asks for the same (z, q) every round.
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    total = sum(steps * _sgm_rdp_per_step(z, q) for z, q, steps in merged)
+    eps, _ = opacus_rdp.get_privacy_spent(
+        orders=RDPAccountant.DEFAULT_ALPHAS, rdp=total, delta=delta
+    )
+    return float(eps)
+
+
+@lru_cache(maxsize=4096)
+def _sgm_rdp_per_step(noise: float, rate: float) -> np.ndarray:
+    """Opacus's RDP of one step of the sampled Gaussian mechanism, at its default orders."""
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as opacus_rdp
+
+    out = np.asarray(
+        opacus_rdp.compute_rdp(
+            q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
+        ),
+        dtype=np.float64,
+    )
+    out.setflags(write=False)
+    return out
