@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pollinate.shared.config import FederationConfig
 from pollinate.simulations.engine import DEFAULT_CPUS_PER_DEVICE, run_federation
+from pollinate.simulations.inprocess import parse_config_value
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -69,7 +70,9 @@ def main() -> None:
     ap.add_argument("--task", default="rating")
     ap.add_argument("--cpus-per-device", type=float, default=DEFAULT_CPUS_PER_DEVICE)
     ap.add_argument("--out", default="runs/bench-scale")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE config key")
     args = ap.parse_args()
+    extra = {k: parse_config_value(v) for k, _, v in (s.partition("=") for s in args.set)}
 
     cfg = FederationConfig.from_mapping(
         {
@@ -84,6 +87,7 @@ def main() -> None:
             "out": args.out,
             "device-state-dir": str(Path(args.out) / "devices"),
             "progress": False,
+            **extra,
         }
     )
     mem = PeakMemory()

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from pollinate.client import app as client_app
@@ -111,12 +111,41 @@ def test_ranking_evaluation_sums_use_the_reference_names() -> None:
 
 
 def test_private_state_persists_across_rounds_in_the_node_state() -> None:
+    # Without the refit, which would recompute the private vector from the global tables.
+    cfg = CFG.model_copy(update={"private_refit": False})
     ctx = context(4)
-    client_app.train(message("train", 1), ctx)
+    client_app.train(message("train", 1, cfg), ctx)
     first = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy().copy()
-    client_app.train(message("train", 2), ctx)
+    client_app.train(message("train", 2, cfg), ctx)
     second = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
     assert not np.array_equal(first, second)  # trained further from where it was
+
+
+def test_the_refit_sets_the_private_vector_before_training_and_evaluating_keeps_none() -> None:
+    def round_two(cfg: FederationConfig, scramble: bool) -> tuple[Context, np.ndarray]:
+        ctx = context(6)
+        client_app.train(message("train", 1, cfg), ctx)
+        if scramble:
+            saved = ctx.state.array_records["pollinate.local"]
+            saved["user_factors.weight"] = Array(
+                np.full_like(saved["user_factors.weight"].numpy(), 5.0)
+            )
+        client_app.train(message("train", 2, cfg), ctx)
+        return ctx, ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
+
+    # With the refit, round 2 does not depend on the private state round 1 left ...
+    ctx, kept = round_two(CFG, scramble=False)
+    _, scrambled = round_two(CFG, scramble=True)
+    np.testing.assert_allclose(scrambled, kept, rtol=1e-5, atol=1e-6)
+    # ... without it, round 2 starts from that state.
+    no_refit = CFG.model_copy(update={"private_refit": False})
+    _, plain = round_two(no_refit, scramble=False)
+    _, from_scrambled = round_two(no_refit, scramble=True)
+    assert np.abs(from_scrambled - plain).max() > 1.0
+    # Evaluating refits too, but saves nothing.
+    client_app.evaluate(message("evaluate", 3, part="valid"), ctx)
+    after_eval = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
+    np.testing.assert_array_equal(after_eval, kept)
 
 
 def test_a_diverged_round_raises_and_keeps_the_previous_private_state() -> None:

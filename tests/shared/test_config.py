@@ -52,6 +52,19 @@ def test_defaults_follow_the_task_and_model() -> None:
     assert FederationConfig.from_mapping({"server-lr": 2.0}).effective_server_lr == 2.0
 
 
+def test_the_private_refit_is_on_for_mf_ratings_and_refused_where_it_does_not_belong() -> None:
+    assert FederationConfig().private_refit is True
+    assert FederationConfig.from_mapping({"dp": "user", "user-noise": 1.0}).private_refit
+    assert not FederationConfig.from_mapping({"task": "ranking"}).private_refit
+    assert not FederationConfig.from_mapping({"dp": "local", "local-noise": 1.0}).private_refit
+    assert not FederationConfig.from_mapping({"private-refit": False}).private_refit
+    with pytest.raises(ConfigError, match="outside the local"):
+        FederationConfig.from_mapping({"dp": "both", "local-noise": 1.0, "user-noise": 1.0,
+                                       "private-refit": True})  # fmt: skip
+    with pytest.raises(ConfigError, match="mf on --task rating"):
+        FederationConfig.from_mapping({"task": "ranking", "private-refit": True})
+
+
 def test_full_softmax_is_refused_under_local_dp_only() -> None:
     ok = FederationConfig.from_mapping({"task": "ranking", "loss": "softmax"})
     assert ok.loss == "softmax"

@@ -171,7 +171,13 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         lr_global=float(config["lr-global"]),
         lr_local=float(config["lr-local"]),
         history_len=int(config["history-len"]),
+        private_refit=private_refit(config),
     )
+
+
+def private_refit(config: Mapping[str, Any]) -> float | None:
+    """The L2 weight of the closed-form private refit, or ``None`` when it is off."""
+    return float(config["refit-reg"]) if config.get("private-refit") else None
 
 
 def _optional_float(config: Mapping[str, Any], key: str) -> float | None:
@@ -313,7 +319,7 @@ def enroll(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     config, device, model, _, _ = _prepare(message, context, evaluating=True)
-    sums = evaluate_device(model, device, str(config["part"]))
+    sums = evaluate_device(model, device, str(config["part"]), private_refit=private_refit(config))
     content = RecordDict({METRICS_RECORD: MetricRecord(sums)})  # type: ignore[arg-type]
     check_outgoing(content, kind="evaluate", spec={})
     return Message(content=content, reply_to=message)

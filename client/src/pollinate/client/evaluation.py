@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pollinate.client.device_data import DeviceData
+from pollinate.client.personalize import refit_private
 from pollinate.shared.metrics import RankingEvaluator, rating_sums
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.training.examples import build_examples
@@ -19,10 +20,19 @@ RANKING_KS = (10, 20)
 
 
 @torch.no_grad()
-def evaluate_device(model: RecModel, device: DeviceData, part: str) -> dict[str, float]:
-    """Evaluation sums of ``part`` (``"valid"`` or ``"test"``)."""
+def evaluate_device(
+    model: RecModel, device: DeviceData, part: str, *, private_refit: float | None = None
+) -> dict[str, float]:
+    """Evaluation sums of ``part`` (``"valid"`` or ``"test"``).
+
+    With ``private_refit`` (an L2 weight), the private parameters are first refitted in
+    closed form on the training rows against the received global tables; this changes
+    ``model`` in place, and the callers do not keep it (evaluating saves no state).
+    """
     if part not in ("valid", "test"):
         raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
+    if private_refit is not None:
+        refit_private(model, device, private_refit)
     model.eval()
     data, split = device.data, device.split
     rows = split.valid if part == "valid" else split.test

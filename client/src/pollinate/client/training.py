@@ -5,8 +5,9 @@ per-example step whatever the batch size (a light user is not averaged into tiny
 Opacus uses the same ``loss_reduction="sum"``).
 
 The device trains its private parameters (learning rate ``lr_local``) and its copy of
-the global parameters (``lr_global``) together, then returns only the *update* to the
-global parameters. The private parameters stay on the device.
+the global parameters (``lr_global``) together (for ``mf`` on ratings, after refitting
+the private ones in closed form, :mod:`pollinate.client.personalize`), then returns
+only the *update* to the global parameters. The private parameters stay on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from pollinate.client.device_data import DeviceData
+from pollinate.client.personalize import refit_private
 from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.training.examples import build_examples, n_examples, take
@@ -34,6 +36,8 @@ class LocalTrainConfig:
     lr_global: float
     lr_local: float
     history_len: int
+    #: L2 weight of the closed-form private refit before local SGD (``None``: no refit).
+    private_refit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ def train_device(
 ) -> TrainOutcome:
     """Train ``model`` on the device's training rows; return the global-parameter update."""
     t0 = time.perf_counter()
+    if cfg.private_refit is not None:
+        refit_private(model, device, cfg.private_refit)
     before = model.global_state()
     examples = build_examples(
         device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)

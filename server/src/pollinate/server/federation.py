@@ -20,14 +20,14 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pollinate.server.aggregate import mean_update
+from pollinate.server.aggregate import UpdateSum
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize
 from pollinate.server.optimizers import make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.runlog import JsonlWriter, message_entry
 from pollinate.server.sampling import poisson_sample
-from pollinate.server.user_dp import noise_source, noisy_mean
+from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
 from pollinate.shared.models.base import RecModel, build_model
@@ -53,7 +53,8 @@ Arrays = dict[str, np.ndarray]
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
-    "lr-global", "lr-local", "weight-decay", "loss", "negatives", "seed", "device-state-dir",
+    "lr-global", "lr-local", "weight-decay", "loss", "negatives", "private-refit", "refit-reg",
+    "seed", "device-state-dir",
     "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
     "local-accountant", "local-grad-sample-mode", "noise-seed",
@@ -69,7 +70,7 @@ class FederationError(PollinateError):
 
 @dataclass
 class RoundResult:
-    updates: list[Arrays] = field(default_factory=list)
+    aggregated: int = 0
     losses: list[float] = field(default_factory=list)
     examples: int = 0
     device_seconds: float = 0.0
@@ -214,8 +215,15 @@ class Server:
                 )
         return replies
 
+    def round_sum(self) -> UpdateSum:
+        """An empty running sum for one round: clipped under user-level DP, plain otherwise."""
+        if self.user_privacy is None:
+            return UpdateSum(self.spec)
+        return ClippedSum(self.spec, self.user_privacy.clip)
+
     def train_round(self, round_: int, nodes: Sequence[int], log: JsonlWriter) -> RoundResult:
         result = RoundResult()
+        total = self.round_sum()
         for reply in self._exchange(round_, nodes, "train", {}, log):
             if reply.has_error():
                 result.failed += 1
@@ -231,34 +239,34 @@ class Server:
             if UPDATE_RECORD not in reply.content.array_records:
                 result.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
                 continue
-            result.updates.append(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
+            total.add(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
+            result.aggregated += 1
             if "train-loss" in metrics:
                 result.losses.append(scalar(metrics["train-loss"], "train-loss"))
             result.examples += integer(metrics["num-examples"], "num-examples")
             result.device_seconds += scalar(metrics["train-seconds"], "train-seconds")
-        self.aggregate(round_, result)
+        self.aggregate(round_, result, total)
         return result
 
-    def aggregate(self, round_: int, result: RoundResult) -> None:
-        """Apply the round's updates: a plain equal-weight mean, or the user-level DP one.
+    def aggregate(self, round_: int, result: RoundResult, total: UpdateSum | None = None) -> None:
+        """Apply the round's sum of updates: a plain equal-weight mean, or the user-level DP one.
 
         Under user-level DP every round releases noise, even one that no device joined,
         and the ledger event is appended before the new parameters are used anywhere.
         """
+        total = self.round_sum() if total is None else total
         up = self.user_privacy
         if up is None:
-            if result.updates:
-                delta = mean_update(result.updates, list(self.spec))
-                self.params = self.optimizer.step(self.params, delta)
+            if total.count:
+                self.params = self.optimizer.step(self.params, total.mean())
             return
-        delta, result.update_norms = noisy_mean(
-            result.updates,
-            self.spec,
-            clip=up.clip,
+        assert isinstance(total, ClippedSum)
+        delta = total.noisy_mean(
             noise_multiplier=up.noise_multiplier,
             expected_devices=up.expected_devices,
             rng=self.noise.rng,
         )
+        result.update_norms = total.norms
         event = up.release(round_)
         LedgerWriter(self.ledger_path).append(event)
         result.user_epsilon = event.epsilon
@@ -360,7 +368,7 @@ class Server:
                 entry: dict[str, Any] = {
                     "round": round_,
                     "sampled": len(sampled),
-                    "aggregated": len(result.updates),
+                    "aggregated": result.aggregated,
                     "rejected": result.rejected,
                     "failed": result.failed,
                     "train_loss": float(np.mean(result.losses)) if result.losses else None,

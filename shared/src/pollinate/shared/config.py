@@ -83,6 +83,12 @@ class FederationConfig(BaseModel):
     #: By task and model when unset (``TASK_DEFAULTS``).
     loss: Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"]
     negatives: int = Field(64, ge=1)
+    #: ``mf`` on ratings: refit the private bias and vector in closed form (ridge, L2
+    #: ``refit_reg`` per row) before each local round and before evaluating
+    #: (pollinate.client.personalize). On by default there, except under local DP, which
+    #: it would bypass.
+    private_refit: bool
+    refit_reg: float = Field(0.1, gt=0)
     # Server
     rounds: int = Field(20, ge=1)
     sample_rate: float = Field(0.2, gt=0, le=1)
@@ -130,6 +136,9 @@ class FederationConfig(BaseModel):
         defaults = dict(TASK_DEFAULTS.get((task, model), TASK_DEFAULTS[("rating", "mf")]))
         if task == "ranking" and values.get("dp") in ("local", "both"):
             defaults["loss"] = LOCAL_DP_RANKING_LOSS
+        defaults["private-refit"] = (
+            task == "rating" and model == "mf" and values.get("dp") not in ("local", "both")
+        )
         for key, value in defaults.items():
             if values.get(key) is None:
                 values[key] = value
@@ -145,6 +154,16 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"loss {self.loss!r} reads the item table directly and cannot be "
                 "clipped per example by Opacus; use --loss sampled_softmax or bpr with --dp local"
+            )
+        if self.private_refit and (self.model, self.task) != ("mf", "rating"):
+            raise ValueError(
+                "--private-refit is defined for --model mf on --task rating; use --no-private-refit"
+            )
+        if self.private_refit and self.local_dp:
+            raise ValueError(
+                "--private-refit fits the private parameters to raw ratings without noise, "
+                "and the device's later DP-SGD updates would depend on it outside the local "
+                "accountant; use --no-private-refit with --dp local or both"
             )
         for layer, on in (("local", self.local_dp), ("user", self.user_dp)):
             noise, target = getattr(self, f"{layer}_noise"), getattr(self, f"{layer}_epsilon")

@@ -24,18 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from pollinate.client.app import local_dp_config, train_config
+from pollinate.client.app import local_dp_config, private_refit, train_config
 from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
-from pollinate.server.aggregate import mean_update
+from pollinate.server.aggregate import UpdateSum
 from pollinate.server.evaluation import add_sums, finalize
 from pollinate.server.federation import build_run_model, initial_global_state
 from pollinate.server.optimizers import make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.sampling import poisson_sample
-from pollinate.server.user_dp import noise_source, noisy_mean
+from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
@@ -93,6 +93,7 @@ def run_inprocess(
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()
     train_cfg = train_config(flat)
+    refit = private_refit(flat)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ledger_path = out / "ledger.jsonl"
@@ -115,7 +116,7 @@ def run_inprocess(
         sums = []
         for u, dev in enumerate(devices):
             load(u)
-            sums.append(evaluate_device(model, dev, part))
+            sums.append(evaluate_device(model, dev, part, private_refit=refit))
         return finalize(cfg.task, add_sums(sums))
 
     result = InProcessResult()
@@ -133,7 +134,8 @@ def run_inprocess(
             emit({"round": r, "stopped": "user-level budget"})
             break
         sampled = poisson_sample(list(range(len(devices))), cfg.sample_rate, rng)
-        updates: list[Arrays] = []
+        # A running sum: the round holds one dense update at a time, never all of them.
+        total = UpdateSum(spec) if user is None else ClippedSum(spec, user.clip)
         losses: list[float] = []
         stopped = diverged = 0
         eps_local: list[float] = []
@@ -176,22 +178,21 @@ def run_inprocess(
                     continue
             private[u] = {k: params[k].detach().clone() for k in local_names}
             assert update is not None
-            updates.append(update)
-        entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": len(updates)}
+            total.add(update)
+        entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
         if diverged:
             entry["failed"] = diverged
         if user is None:
-            if updates:
-                glob = opt.step(glob, mean_update(updates, list(glob)))
+            if total.count:
+                glob = opt.step(glob, total.mean())
         else:
-            delta, norms = noisy_mean(
-                updates,
-                spec,
-                clip=user.clip,
+            assert isinstance(total, ClippedSum)
+            delta = total.noisy_mean(
                 noise_multiplier=user.noise_multiplier,
                 expected_devices=user.expected_devices,
                 rng=user_noise.rng,
             )
+            norms = total.norms
             event = user.release(r)
             if ledger is not None:
                 ledger.append(event)

@@ -86,6 +86,17 @@ def simulate(
     negatives: Annotated[
         int | None, typer.Option(help="Negatives per example (ranking losses)")
     ] = None,
+    private_refit: Annotated[
+        bool | None,
+        typer.Option(
+            "--private-refit/--no-private-refit",
+            help="mf rating: refit the private vector in closed form each round "
+            "(default on, off under --dp local)",
+        ),
+    ] = None,
+    refit_reg: Annotated[
+        float | None, typer.Option(help="L2 weight of the private refit (per row)")
+    ] = None,
     history_len: Annotated[
         int | None, typer.Option(help="Behaviour history length (interest)")
     ] = None,
