@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,11 @@ from pollinate.shared.config import FederationConfig
 from pollinate.simulations.inprocess import parse_config_value, run_inprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def progress(entry: dict[str, Any]) -> None:
+    """One line per round on stderr (evaluation rows only with ``--set eval-every=N``)."""
+    print(json.dumps(entry), file=sys.stderr, flush=True)
 
 
 def run_sweep(args: argparse.Namespace) -> None:
@@ -47,7 +53,7 @@ def run_sweep(args: argparse.Namespace) -> None:
             values[f"{args.layer}-epsilon"] = target
         cfg = FederationConfig.from_mapping(values)
         t0 = time.perf_counter()
-        result = run_inprocess(cfg)
+        result = run_inprocess(cfg, log=progress)
         privacy = result.privacy.get(args.layer, {})
         eps = privacy.get("epsilon_max" if args.layer == "local" else "epsilon", math.inf)
         row = {
