@@ -73,3 +73,14 @@ def test_full_softmax_is_refused_under_local_dp_only() -> None:
         FederationConfig.from_mapping(
             {"task": "ranking", "loss": "softmax", "dp": "local", "local-noise": 1.0}
         )
+
+
+def test_the_flwr_run_config_in_pyproject_is_a_valid_federation_config() -> None:
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    keys = tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"]
+    cfg = FederationConfig.from_mapping(keys)  # unknown keys would raise
+    assert cfg.task == keys["task"] and cfg.model == keys["model"]
+    assert cfg.local_epochs == 1 and cfg.private_refit  # filled by task, as on the CLI
