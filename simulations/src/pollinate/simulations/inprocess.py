@@ -80,12 +80,15 @@ def run_inprocess(
     local_names = model.local_parameter_names()
     params = dict(model.named_parameters())
     # Each device's private parameters start as a freshly built model's (seeded per device).
-    private: dict[int, dict[str, torch.Tensor]] = {}
+    # They are kept as numpy copies: keeping torch clones of them held on to about the
+    # size of each discarded model (1.66 GB for 2,000 interest models of Beauty's 12,101
+    # items, 0.24 GB with numpy copies), which ran a 22,363-device run out of memory.
+    private: dict[int, dict[str, np.ndarray]] = {}
     with torch.random.fork_rng():
         for u in range(len(devices)):
             torch.manual_seed(cfg.seed * 1_000_003 + u)
             init = dict(build_run_model(cfg, catalog).named_parameters())
-            private[u] = {k: init[k].detach().clone() for k in local_names}
+            private[u] = {k: init[k].detach().numpy().copy() for k in local_names}
     glob = initial_global_state(cfg, catalog)
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
     opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
@@ -110,7 +113,7 @@ def run_inprocess(
         model.load_global_state(glob)
         with torch.no_grad():
             for k in local_names:
-                params[k].copy_(private[u][k])
+                params[k].copy_(torch.from_numpy(private[u][k]))
 
     def evaluate(part: str) -> dict[str, float]:
         sums = []
@@ -176,7 +179,7 @@ def run_inprocess(
                 except TrainingDivergedError:
                     diverged += 1
                     continue
-            private[u] = {k: params[k].detach().clone() for k in local_names}
+            private[u] = {k: params[k].detach().numpy().copy() for k in local_names}
             assert update is not None
             total.add(update)
         entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
