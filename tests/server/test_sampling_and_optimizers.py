@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollinate.server.aggregate import UpdateSum, mean_update
+from pollinate.server.aggregate import UpdateSum
 from pollinate.server.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -41,11 +41,13 @@ def test_poisson_sample_rejects_bad_rates() -> None:
         poisson_sample([1, 2], 1.5, np.random.default_rng())
 
 
-def test_mean_update_weights_devices_equally() -> None:
-    ups = [{"w": np.array([1.0, 0.0])}, {"w": np.array([3.0, 2.0])}]
-    np.testing.assert_allclose(mean_update(ups, ["w"])["w"], [2.0, 1.0])
+def test_the_mean_weights_devices_equally() -> None:
+    total = UpdateSum({"w": ((2,), "float64")})
+    for upd in ({"w": np.array([1.0, 0.0])}, {"w": np.array([3.0, 2.0])}):
+        total.add(upd)
+    np.testing.assert_allclose(total.mean()["w"], [2.0, 1.0])
     with pytest.raises(ValueError):
-        mean_update([], ["w"])
+        UpdateSum({"w": ((2,), "float64")}).mean()
 
 
 def test_the_running_sum_accumulates_in_float64_and_returns_the_spec_dtype() -> None:

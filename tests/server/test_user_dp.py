@@ -18,10 +18,10 @@ from pollinate.server.federation import RoundResult, Server
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.runlog import JsonlWriter
 from pollinate.server.user_dp import (
+    ClippedSum,
     clip_update,
     default_user_delta,
     noise_source,
-    noisy_mean,
     update_norm,
 )
 from pollinate.shared.config import FederationConfig
@@ -41,6 +41,16 @@ def task_identity() -> Iterator[None]:
 
 def arrays(a: list[float], b: list[list[float]]) -> dict[str, np.ndarray]:
     return {"a": np.array(a, np.float32), "b": np.array(b, np.float32)}
+
+
+def noisy_mean(
+    updates: list[dict[str, np.ndarray]], spec: Any, *, clip: float, rng: Any, **kw: Any
+) -> tuple[dict[str, np.ndarray], list[float]]:
+    """One round of the server's mechanism: the updates into a ClippedSum, then released."""
+    total = ClippedSum(spec, clip)
+    for upd in updates:
+        total.add(upd)
+    return total.noisy_mean(rng=rng, **kw), total.norms
 
 
 def test_clipping_bounds_the_joint_norm_and_keeps_small_updates() -> None:
@@ -65,6 +75,8 @@ def test_noisy_mean_divides_by_expected_devices_not_by_the_count() -> None:
     np.testing.assert_allclose(mean["a"], [0.15, 0, 0], rtol=1e-6)  # 1.5 / 10, not / 2
     assert norms == pytest.approx([1.0, 0.5])
     assert mean["a"].dtype == np.float32
+    with pytest.raises(TypeError, match="expected"):
+        ClippedSum(SPEC, 10.0).mean()  # never the realised count under user-level DP
 
 
 def test_noise_has_standard_deviation_z_times_s_over_expected_devices() -> None:

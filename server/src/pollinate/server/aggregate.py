@@ -11,7 +11,7 @@ Beauty (4,500 devices, 12,101 items) a list of updates would take gigabytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -41,19 +41,3 @@ class UpdateSum:
         if self.count == 0:
             raise ValueError("cannot aggregate an empty list of updates")
         return {n: (t / self.count).astype(self.spec[n][1]) for n, t in self.total.items()}
-
-
-def spec_of_update(update: Mapping[str, np.ndarray], names: Sequence[str]) -> Spec:
-    return {n: (tuple(update[n].shape), str(update[n].dtype)) for n in names}
-
-
-def mean_update(
-    updates: Sequence[Mapping[str, np.ndarray]], spec_names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Equal-weight mean of ``updates`` (non-empty) over the parameters in ``spec_names``."""
-    if not updates:
-        raise ValueError("cannot aggregate an empty list of updates")
-    total = UpdateSum(spec_of_update(updates[0], spec_names))
-    for upd in updates:
-        total.add(upd)
-    return total.mean()

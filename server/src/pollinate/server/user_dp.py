@@ -16,13 +16,14 @@ which is what the accountant assumes: ``PoissonSampled(q, Gaussian(z))`` per rou
 A round in which no device took part still releases noise, so an empty round looks like
 any other. Non-finite updates never reach this module: the allow-list check rejects them.
 
-Everything here is a pure function of its inputs and an explicit generator.
+Everything here depends only on its inputs and an explicit generator; a round's state is
+its :class:`ClippedSum`, built fresh for the round.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,13 @@ class ClippedSum(UpdateSum):
         self.norms.append(norm)
         super().add(clipped)
 
+    def mean(self) -> Arrays:
+        """Refused: dividing by the realised count would break the sensitivity bound."""
+        raise TypeError(
+            "a user-level DP sum is released with noisy_mean (divided by the expected "
+            "count q·N); the realised count depends on who took part"
+        )
+
     def noisy_mean(
         self, *, noise_multiplier: float, expected_devices: float, rng: np.random.Generator
     ) -> Arrays:
@@ -90,29 +98,6 @@ class ClippedSum(UpdateSum):
             noisy = self.total[n] + (rng.normal(0.0, std, size=shape) if std > 0 else 0.0)
             out[n] = (noisy / expected_devices).astype(dtype)
         return out
-
-
-def noisy_mean(
-    updates: Sequence[Mapping[str, np.ndarray]],
-    spec: Spec,
-    *,
-    clip: float,
-    noise_multiplier: float,
-    expected_devices: float,
-    rng: np.random.Generator,
-) -> tuple[Arrays, list[float]]:
-    """The DP estimate of the mean update, and the pre-clipping norms of ``updates``.
-
-    ``spec`` gives every global array's shape and dtype, so an empty round still
-    produces a (pure-noise) estimate of the right shape.
-    """
-    total = ClippedSum(spec, clip)
-    for upd in updates:
-        total.add(upd)
-    mean = total.noisy_mean(
-        noise_multiplier=noise_multiplier, expected_devices=expected_devices, rng=rng
-    )
-    return mean, total.norms
 
 
 def default_user_delta(n_devices: int) -> float:
