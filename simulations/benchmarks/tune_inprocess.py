@@ -43,7 +43,8 @@ def main() -> None:
         values.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     cfg = FederationConfig.from_mapping(values)
     print(json.dumps({k: v for k, v in values.items() if k != "progress"}), flush=True)
-    run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True))
+    result = run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True))
+    print(json.dumps({"test": result.final, "seconds": round(result.seconds, 1)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,14 @@ def test_the_private_refit_is_on_for_mf_ratings_and_refused_where_it_does_not_be
     with pytest.raises(ConfigError, match="outside the local"):
         FederationConfig.from_mapping({"dp": "both", "local-noise": 1.0, "user-noise": 1.0,
                                        "private-refit": True})  # fmt: skip
-    with pytest.raises(ConfigError, match="mf on --task rating"):
-        FederationConfig.from_mapping({"task": "ranking", "private-refit": True})
+    ranked = FederationConfig.from_mapping({"task": "ranking", "private-refit": True})
+    assert ranked.private_refit and ranked.loss == "softmax"
+    with pytest.raises(ConfigError, match="full-softmax objective, not 'bpr'"):
+        FederationConfig.from_mapping({"task": "ranking", "loss": "bpr", "private-refit": True})
+    with pytest.raises(ConfigError, match="defined for --model mf"):
+        FederationConfig.from_mapping(
+            {"task": "ranking", "model": "interest", "private-refit": True}
+        )
 
 
 def test_full_softmax_is_refused_under_local_dp_only() -> None:

@@ -5,8 +5,9 @@ per-example step whatever the batch size (a light user is not averaged into tiny
 Opacus uses the same ``loss_reduction="sum"``).
 
 The device trains its private parameters (learning rate ``lr_local``) and its copy of
-the global parameters (``lr_global``) together (for ``mf`` on ratings, after refitting
-the private ones in closed form, :mod:`pollinate.client.personalize`), then returns
+the global parameters (``lr_global``) together (for ``mf`` with ``private_refit``, after
+refitting the private ones to the received tables, :mod:`pollinate.client.personalize`),
+then returns
 only the *update* to the global parameters. The private parameters stay on the device.
 """
 
@@ -36,7 +37,7 @@ class LocalTrainConfig:
     lr_global: float
     lr_local: float
     history_len: int
-    #: L2 weight of the closed-form private refit before local SGD (``None``: no refit).
+    #: L2 weight of the private refit before local SGD (``None``: no refit).
     private_refit: float | None = None
 
 

@@ -91,10 +91,10 @@ class FederationConfig(BaseModel):
     #: By task and model when unset (``TASK_DEFAULTS``).
     loss: Literal["mse", "bpr", "sampled_softmax", "shared_softmax", "softmax"]
     negatives: int = Field(64, ge=1)
-    #: ``mf`` on ratings: refit the private bias and vector in closed form (ridge, L2
-    #: ``refit_reg`` per row) before each local round and before evaluating
-    #: (pollinate.client.personalize). On by default there, except under local DP, which
-    #: it would bypass.
+    #: ``mf``: refit the private parameters to the global tables (ridge on ratings,
+    #: Newton on the full softmax for rankings; L2 ``refit_reg`` per row) before each
+    #: local round and before evaluating (pollinate.client.personalize). On by default
+    #: for ratings, except under local DP, which it would bypass.
     private_refit: bool
     refit_reg: float = Field(0.1, gt=0)
     # Server
@@ -163,9 +163,12 @@ class FederationConfig(BaseModel):
                 f"loss {self.loss!r} reads the item table directly and cannot be "
                 "clipped per example by Opacus; use --loss sampled_softmax or bpr with --dp local"
             )
-        if self.private_refit and (self.model, self.task) != ("mf", "rating"):
+        if self.private_refit and self.model != "mf":
+            raise ValueError("--private-refit is defined for --model mf; use --no-private-refit")
+        if self.private_refit and self.task == "ranking" and self.loss != "softmax":
             raise ValueError(
-                "--private-refit is defined for --model mf on --task rating; use --no-private-refit"
+                f"--private-refit on rankings fits the full-softmax objective, not {self.loss!r}; "
+                "use --loss softmax or --no-private-refit"
             )
         if self.private_refit and self.local_dp:
             raise ValueError(

@@ -90,8 +90,9 @@ def simulate(
         bool | None,
         typer.Option(
             "--private-refit/--no-private-refit",
-            help="mf rating: refit the private vector in closed form each round "
-            "(default on, off under --dp local)",
+            help="mf: refit the private vector to the global tables each round (ratings: ridge; "
+            "rankings: Newton on the full softmax) "
+            "(default on for ratings, off under --dp local)",
         ),
     ] = None,
     refit_reg: Annotated[
