@@ -40,7 +40,7 @@ def test_defaults_follow_the_task_and_model() -> None:
     assert FederationConfig().loss == "mse"
     ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
     assert ranking.loss == "softmax"
-    assert (ranking.lr_local, ranking.lr_global, ranking.local_epochs) == (0.05, 0.01, 3)
+    assert (ranking.lr_local, ranking.lr_global, ranking.local_epochs) == (0.05, 0.01, 5)
     assert FederationConfig().local_epochs == 1
     assert ranking.effective_server_lr == 0.1
     rating = FederationConfig()
