@@ -33,6 +33,7 @@ from pollinate.client.training import LocalTrainConfig, check_finite, train_devi
 from pollinate.shared.models.base import RecModel, build_model
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import load_task
+from pollinate.shared.threads import use_one_thread
 from pollinate.shared.wire import (
     CONFIG_RECORD,
     GLOBAL_RECORD,
@@ -130,9 +131,9 @@ def _prepare(
     message: Message, context: Context, *, evaluating: bool
 ) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
     config = dict(message.content.config_records[CONFIG_RECORD])
-    if _simulated(context) and torch.get_num_threads() != 1:
-        # A simulated device gets one core; torch's thread pool would oversubscribe it.
-        torch.set_num_threads(1)
+    if _simulated(context):
+        # A simulated device gets one core; thread pools would oversubscribe it.
+        use_one_thread()
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
     round_ = integer(config["round"], "round")

@@ -40,6 +40,7 @@ from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import catalog_of, load_task_for
+from pollinate.shared.threads import use_one_thread
 
 Arrays = dict[str, np.ndarray]
 
@@ -70,7 +71,7 @@ def run_inprocess(
 ) -> InProcessResult:
     """Train ``cfg`` in this process; evaluate every ``eval_every`` rounds on all devices."""
     t_start = time.perf_counter()
-    torch.set_num_threads(1)
+    use_one_thread()
     task = load_task_for(cfg)
     catalog = catalog_of(task.data)
     index = DeviceIndex(task)
