@@ -25,7 +25,7 @@ does not enter). ``f`` is strictly convex, so a few damped Newton steps on its
 Beauty at small sample rates), this is what gives it a personal vector: without it the
 vector stays near its random start between its few rounds.
 
-Not with local DP (the config refuses it): the refit reads raw ratings without noise,
+Not with local DP (the config refuses it): the refit reads raw training rows without noise,
 and every later update of the device would depend on it, outside Opacus's accounting.
 Under user-level DP alone it is fine: the server clips and noises whatever comes back.
 """
