@@ -29,6 +29,8 @@ def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
         ({"model": "svd"}, "model"),
         ({"model": "interest", "task": "rating"}, "ranks items"),
         ({"task": "ranking", "loss": "mse"}, "does not fit"),
+        ({"lr-encoder": 0.01}, "lr-encoder sets the rate of the interest model's encoder"),
+        ({"task": "ranking", "model": "interest", "lr-encoder": 0}, "lr-encoder"),
     ],
 )
 def test_bad_values_say_what_is_wrong(values: dict[str, object], problem: str) -> None:

@@ -173,6 +173,7 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         lr_local=float(config["lr-local"]),
         history_len=int(config["history-len"]),
         private_refit=private_refit(config),
+        lr_encoder=_optional_float(config, "lr-encoder"),
     )
 
 

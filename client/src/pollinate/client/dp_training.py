@@ -96,7 +96,7 @@ import torch
 from torch import nn
 
 from pollinate.client.device_data import DeviceData
-from pollinate.client.training import LocalTrainConfig
+from pollinate.client.training import LocalTrainConfig, sgd_groups
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.privacy.accounting import local_epsilon
@@ -409,14 +409,7 @@ def train_device_dp(
         )
 
     before = model.global_state()
-    named = dict(model.named_parameters())
-    local = set(model.local_parameter_names())
-    sgd = torch.optim.SGD(
-        [
-            {"params": [p for k, p in named.items() if k in local], "lr": cfg.lr_local},
-            {"params": [named[k] for k in model.global_parameter_names()], "lr": cfg.lr_global},
-        ]
-    )
+    sgd = torch.optim.SGD(sgd_groups(model, cfg))
     model.train()
     with warnings.catch_warnings():
         # Opacus's full backward hooks fire on modules whose inputs need no gradient

@@ -5,10 +5,10 @@ per-example step whatever the batch size (a light user is not averaged into tiny
 Opacus uses the same ``loss_reduction="sum"``).
 
 The device trains its private parameters (learning rate ``lr_local``) and its copy of
-the global parameters (``lr_global``) together (for ``mf`` with ``private_refit``, after
-refitting the private ones to the received tables, :mod:`pollinate.client.personalize`),
-then returns
-only the *update* to the global parameters. The private parameters stay on the device.
+the global parameters (``lr_global``; ``lr_encoder`` for an encoder's dense weights)
+together (for ``mf`` with ``private_refit``, after refitting the private ones to the
+received tables, :mod:`pollinate.client.personalize`), then returns only the *update*
+to the global parameters. The private parameters stay on the device.
 """
 
 from __future__ import annotations
@@ -39,6 +39,30 @@ class LocalTrainConfig:
     history_len: int
     #: L2 weight of the private refit before local SGD (``None``: no refit).
     private_refit: float | None = None
+    #: Rate of the global parameters every example uses (a sequence encoder's dense
+    #: weights, ``RecModel.encoder_parameter_names``); ``None``: ``lr_global``.
+    lr_encoder: float | None = None
+
+
+def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]]:
+    """SGD parameter groups: private parameters at ``lr_local``, the encoder's dense
+    weights at ``lr_encoder`` and the other global parameters (item rows) at ``lr_global``.
+
+    The loss is summed over the batch, so a weight that every example touches takes
+    batch-size times the per-example step, while an item row takes one per occurrence:
+    the two may need different rates.
+    """
+    params = dict(model.named_parameters())
+    local = model.local_parameter_names()
+    encoder = set(model.encoder_parameter_names()) if cfg.lr_encoder is not None else set()
+    rows = [k for k in model.global_parameter_names() if k not in encoder]
+    groups: list[dict[str, object]] = [
+        {"params": [params[k] for k in local], "lr": cfg.lr_local},
+        {"params": [params[k] for k in rows], "lr": cfg.lr_global},
+    ]
+    if encoder:
+        groups.append({"params": [params[k] for k in sorted(encoder)], "lr": cfg.lr_encoder})
+    return groups
 
 
 @dataclass(frozen=True)
@@ -62,14 +86,7 @@ def train_device(
     )
     n = n_examples(examples)
     loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
-    params = dict(model.named_parameters())
-    local = set(model.local_parameter_names())
-    opt = torch.optim.SGD(
-        [
-            {"params": [params[k] for k in local], "lr": cfg.lr_local},
-            {"params": [params[k] for k in model.global_parameter_names()], "lr": cfg.lr_global},
-        ]
-    )
+    opt = torch.optim.SGD(sgd_groups(model, cfg))
     model.train()
     total, count = 0.0, 0
     for _ in range(cfg.epochs):
@@ -100,7 +117,7 @@ def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
     if bad:
         raise TrainingDivergedError(
             f"local training diverged: non-finite values in {', '.join(sorted(bad))}; "
-            "nothing of this round was kept. Lower --lr-global/--lr-local (the loss is a "
-            "sum over the batch, so shared weights such as the interest encoder take "
+            "nothing of this round was kept. Lower --lr-global/--lr-local/--lr-encoder (the "
+            "loss is a sum over the batch, so shared weights such as the interest encoder take "
             "batch-size times the per-example step)"
         )

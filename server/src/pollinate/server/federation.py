@@ -53,7 +53,8 @@ Arrays = dict[str, np.ndarray]
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
-    "lr-global", "lr-local", "weight-decay", "loss", "negatives", "private-refit", "refit-reg",
+    "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
+    "refit-reg",
     "seed", "device-state-dir",
     "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",

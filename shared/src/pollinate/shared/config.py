@@ -86,6 +86,10 @@ class FederationConfig(BaseModel):
     #: Device learning rates: by task and model when unset (``TASK_DEFAULTS``).
     lr_global: float = Field(gt=0)
     lr_local: float = Field(gt=0)
+    #: ``interest``: device rate of the encoder's dense weights, which every example
+    #: touches (the loss is summed, so they take batch-size times the per-example step);
+    #: ``None``: ``lr_global``.
+    lr_encoder: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
     #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
@@ -163,6 +167,11 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"loss {self.loss!r} reads the item table directly and cannot be "
                 "clipped per example by Opacus; use --loss sampled_softmax or bpr with --dp local"
+            )
+        if self.lr_encoder is not None and self.model != "interest":
+            raise ValueError(
+                f"--lr-encoder sets the rate of the interest model's encoder; {self.model!r} "
+                "has none: leave it unset"
             )
         if self.private_refit and self.model != "mf":
             raise ValueError("--private-refit is defined for --model mf; use --no-private-refit")

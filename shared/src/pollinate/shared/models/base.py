@@ -35,6 +35,9 @@ class RecModel(nn.Module, abc.ABC):
     name: ClassVar[str]
     #: Name prefixes of the parameters that are private to a user.
     LOCAL_PREFIXES: ClassVar[tuple[str, ...]]
+    #: Name prefixes of the global parameters that every example uses (a sequence
+    #: encoder's dense weights), as opposed to item rows; empty when the model has none.
+    ENCODER_PREFIXES: ClassVar[tuple[str, ...]] = ()
 
     n_users: int
     n_items: int
@@ -51,6 +54,13 @@ class RecModel(nn.Module, abc.ABC):
         """
         local = set(self.local_parameter_names())
         return tuple(n for n, p in self.named_parameters() if n not in local and p.requires_grad)
+
+    def encoder_parameter_names(self) -> tuple[str, ...]:
+        """The global parameters that every example uses (see ``ENCODER_PREFIXES``)."""
+        if not self.ENCODER_PREFIXES:
+            return ()
+        names = self.global_parameter_names()
+        return tuple(n for n in names if n.startswith(self.ENCODER_PREFIXES))
 
     def global_state(self) -> dict[str, np.ndarray]:
         """Copies of the global parameters as numpy arrays, by name."""

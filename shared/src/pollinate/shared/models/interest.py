@@ -93,6 +93,7 @@ class InterestModel(RecModel):
     """
 
     LOCAL_PREFIXES = ("user_interest", "user_bias")
+    ENCODER_PREFIXES = ("genre_proj", "pos_emb", "gap_emb", "query", "blocks", "out_norm")
     item_genres: torch.Tensor
 
     def __init__(

@@ -77,6 +77,10 @@ def simulate(
     lr_local: Annotated[
         float | None, typer.Option(help="Device learning rate of private parameters")
     ] = None,
+    lr_encoder: Annotated[
+        float | None,
+        typer.Option(help="interest: device learning rate of the encoder (default: lr-global)"),
+    ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
     ] = None,

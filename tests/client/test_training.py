@@ -1,0 +1,93 @@
+"""Plain local training: which learning rate each parameter group takes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pollinate.client.device_data import DeviceData, DeviceIndex
+from pollinate.client.training import LocalTrainConfig, sgd_groups, train_device
+from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.tasks import load_task
+
+
+@pytest.fixture(scope="module")
+def ranking() -> DeviceIndex:
+    return DeviceIndex(
+        load_task("synthetic", task="ranking", synthetic_users=60, synthetic_items=40)
+    )
+
+
+def interest_for(device: DeviceData) -> RecModel:
+    return build_model(
+        "interest",
+        n_users=1,
+        n_items=device.data.n_items,
+        item_genres=device.data.item_genres,
+        dim=4,
+        history_len=5,
+        dropout=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def one_step(device: DeviceData, **kw: Any) -> dict[str, np.ndarray]:
+    """The update of a single full-batch SGD step (no dropout: deterministic)."""
+    cfg = LocalTrainConfig(
+        loss="softmax",
+        reg=0.0,
+        negatives=7,
+        epochs=1,
+        batch_size=10_000,
+        lr_global=0.05,
+        lr_local=0.05,
+        history_len=5,
+        **kw,
+    )
+    return train_device(interest_for(device), device, cfg, torch.Generator().manual_seed(0)).update
+
+
+def test_the_encoder_names_are_the_dense_global_weights(ranking: DeviceIndex) -> None:
+    model = interest_for(ranking.device(0))
+    encoder = set(model.encoder_parameter_names())
+    rows = set(model.global_parameter_names()) - encoder
+    assert rows == {"item_emb.weight", "item_bias.weight", "global_bias.weight"}
+    assert "blocks.0.qkv.weight" in encoder and "pos_emb.weight" in encoder
+    assert not encoder & set(model.local_parameter_names())
+    mf = build_model("mf", n_users=1, n_items=5, dim=2)
+    assert mf.encoder_parameter_names() == ()
+
+
+def test_the_encoder_rate_scales_the_encoder_step_and_nothing_else(
+    ranking: DeviceIndex,
+) -> None:
+    device = ranking.device(3)
+    base = one_step(device)
+    same = one_step(device, lr_encoder=0.05)
+    slow = one_step(device, lr_encoder=0.005)
+    encoder = set(interest_for(device).encoder_parameter_names())
+    moved = 0
+    for name, step in base.items():
+        np.testing.assert_allclose(same[name], step, rtol=1e-6, atol=1e-9)
+        if name in encoder:
+            # One SGD step from the same point: the step is linear in the rate (up to
+            # float32 rounding of after - before on weights near 1, such as LayerNorm's).
+            np.testing.assert_allclose(slow[name], step / 10, rtol=1e-3, atol=2.5e-7)
+            moved += bool(np.abs(step).max() > 0)
+        else:
+            np.testing.assert_allclose(slow[name], step, rtol=1e-6, atol=1e-9)
+    assert moved >= 10, "the encoder barely trained: the test would prove nothing"
+
+
+def test_without_an_encoder_rate_every_global_parameter_shares_lr_global(
+    ranking: DeviceIndex,
+) -> None:
+    model = interest_for(ranking.device(0))
+    cfg = LocalTrainConfig("softmax", 0.0, 7, 1, 8, 0.02, 0.3, 5)
+    groups = sgd_groups(model, cfg)
+    assert [g["lr"] for g in groups] == [0.3, 0.02]
+    sizes = [len(g["params"]) for g in groups]  # type: ignore[arg-type]
+    assert sizes == [len(model.local_parameter_names()), len(model.global_parameter_names())]
