@@ -174,6 +174,7 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         history_len=int(config["history-len"]),
         private_refit=private_refit(config),
         lr_encoder=_optional_float(config, "lr-encoder"),
+        encoder_max_grad_norm=_optional_float(config, "encoder-max-grad-norm"),
     )
 
 

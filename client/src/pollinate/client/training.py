@@ -42,6 +42,9 @@ class LocalTrainConfig:
     #: Rate of the global parameters every example uses (a sequence encoder's dense
     #: weights, ``RecModel.encoder_parameter_names``); ``None``: ``lr_global``.
     lr_encoder: float | None = None
+    #: Largest L2 norm of the encoder's gradient in one step (``None``: no limit). A
+    #: stabiliser of plain training, not a privacy clip: DP-SGD clips per example.
+    encoder_max_grad_norm: float | None = None
 
 
 def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]]:
@@ -87,6 +90,8 @@ def train_device(
     n = n_examples(examples)
     loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
     opt = torch.optim.SGD(sgd_groups(model, cfg))
+    params = dict(model.named_parameters())
+    encoder = [params[k] for k in model.encoder_parameter_names()]
     model.train()
     total, count = 0.0, 0
     for _ in range(cfg.epochs):
@@ -96,6 +101,8 @@ def train_device(
             losses = loss_fn(model, batch, generator)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
+            if cfg.encoder_max_grad_norm is not None and encoder:
+                torch.nn.utils.clip_grad_norm_(encoder, cfg.encoder_max_grad_norm)
             opt.step()
             total += float(losses.detach().sum())
             count += len(losses)

@@ -90,6 +90,10 @@ class FederationConfig(BaseModel):
     #: touches (the loss is summed, so they take batch-size times the per-example step);
     #: ``None``: ``lr_global``.
     lr_encoder: float | None = Field(None, gt=0)
+    #: ``interest``: largest L2 norm of the encoder's gradient in one device step, a
+    #: stabiliser of plain training (not a privacy clip; refused under local DP, whose
+    #: DP-SGD clips every example). ``None``: no limit.
+    encoder_max_grad_norm: float | None = Field(None, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
     #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
@@ -172,6 +176,12 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"--lr-encoder sets the rate of the interest model's encoder; {self.model!r} "
                 "has none: leave it unset"
+            )
+        if self.encoder_max_grad_norm is not None and (self.model != "interest" or self.local_dp):
+            raise ValueError(
+                "--encoder-max-grad-norm limits the interest encoder's step in plain device "
+                "training; leave it unset for mf and under --dp local/both (DP-SGD clips "
+                "every example with --local-clip)"
             )
         if self.private_refit and self.model != "mf":
             raise ValueError("--private-refit is defined for --model mf; use --no-private-refit")

@@ -81,6 +81,10 @@ def simulate(
         float | None,
         typer.Option(help="interest: device learning rate of the encoder (default: lr-global)"),
     ] = None,
+    encoder_max_grad_norm: Annotated[
+        float | None,
+        typer.Option(help="interest: largest norm of the encoder's gradient in a device step"),
+    ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
     ] = None,
