@@ -91,3 +91,17 @@ def test_without_an_encoder_rate_every_global_parameter_shares_lr_global(
     assert [g["lr"] for g in groups] == [0.3, 0.02]
     sizes = [len(g["params"]) for g in groups]  # type: ignore[arg-type]
     assert sizes == [len(model.local_parameter_names()), len(model.global_parameter_names())]
+
+
+def test_the_encoder_gradient_limit_bounds_the_encoder_step_only(ranking: DeviceIndex) -> None:
+    device = ranking.device(3)
+    free = one_step(device)
+    limited = one_step(device, encoder_max_grad_norm=1e-3)
+    encoder = set(interest_for(device).encoder_parameter_names())
+    free_norm = np.sqrt(sum(float((free[k].astype(np.float64) ** 2).sum()) for k in encoder))
+    step_norm = np.sqrt(sum(float((limited[k].astype(np.float64) ** 2).sum()) for k in encoder))
+    assert free_norm > 0.05 * 1e-3 * 10, "the unlimited step must exceed the limit"
+    # One step of rate 0.05 on a gradient of norm at most 1e-3 (plus float32 rounding).
+    assert step_norm <= 0.05 * 1e-3 * 1.01 + 1e-6
+    for name in set(free) - encoder:
+        np.testing.assert_allclose(limited[name], free[name], rtol=1e-6, atol=1e-9)

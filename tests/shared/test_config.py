@@ -31,6 +31,17 @@ def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
         ({"task": "ranking", "loss": "mse"}, "does not fit"),
         ({"lr-encoder": 0.01}, "lr-encoder sets the rate of the interest model's encoder"),
         ({"task": "ranking", "model": "interest", "lr-encoder": 0}, "lr-encoder"),
+        ({"encoder-max-grad-norm": 1.0}, "limits the interest encoder's step"),
+        (
+            {
+                "task": "ranking",
+                "model": "interest",
+                "encoder-max-grad-norm": 1.0,
+                "dp": "local",
+                "local-noise": 1.0,
+            },
+            "DP-SGD clips every example",
+        ),
     ],
 )
 def test_bad_values_say_what_is_wrong(values: dict[str, object], problem: str) -> None:
