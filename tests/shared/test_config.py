@@ -54,6 +54,12 @@ def test_defaults_follow_the_task_and_model() -> None:
     ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
     assert ranking.loss == "softmax"
     assert (ranking.lr_local, ranking.lr_global, ranking.local_epochs) == (0.05, 0.01, 5)
+    assert ranking.weight_decay == 0.0 and FederationConfig().weight_decay == 0.05
+    assert FederationConfig.from_mapping({"task": "ranking"}).weight_decay == 0.05
+    kept = FederationConfig.from_mapping(
+        {"task": "ranking", "model": "interest", "weight-decay": 0.1}
+    )
+    assert kept.weight_decay == 0.1
     assert FederationConfig().local_epochs == 1
     assert ranking.effective_server_lr == 0.1
     rating = FederationConfig()
