@@ -237,6 +237,25 @@ def test_both_models_train_and_are_left_plain(
         assert not torch.equal(params[k], before[k]), k
 
 
+def test_dp_sgd_wraps_adam_with_the_same_accounting(ranking: DeviceIndex) -> None:
+    """The device optimizer only post-processes the clipped, noised gradient: Opacus
+    wraps Adam as it wraps SGD, and the privacy plan (and so ε) is the same."""
+    device = ranking.device(2)
+    outcomes = {}
+    for opt in ("sgd", "adam"):
+        model = model_for(device, "interest")
+        cfg = train_config("sampled_softmax", optimizer=opt)
+        gen = torch.Generator().manual_seed(0)
+        outcomes[opt] = train_device_dp(model, device, cfg, dp_config(), [], gen)
+    sgd, adam = outcomes["sgd"], outcomes["adam"]
+    assert adam.update is not None and sgd.update is not None
+    assert all(np.isfinite(u).all() for u in adam.update.values())
+    assert adam.history == sgd.history and adam.epsilon == sgd.epsilon
+    assert any(not np.allclose(adam.update[k], sgd.update[k]) for k in adam.update), (
+        "the optimizer made no difference: the test would prove nothing"
+    )
+
+
 # --------------------------------------------------------------------------- write-ahead
 def test_accountant_is_handed_over_before_the_update(rating: DeviceIndex) -> None:
     device = with_train_rows(rating.device(3), 6)

@@ -1,4 +1,5 @@
-"""Plain local training: which learning rate each parameter group takes."""
+"""Plain local training: which learning rate each parameter group takes, and the
+device optimizer."""
 
 from __future__ import annotations
 
@@ -105,3 +106,30 @@ def test_the_encoder_gradient_limit_bounds_the_encoder_step_only(ranking: Device
     assert step_norm <= 0.05 * 1e-3 * 1.01 + 1e-6
     for name in set(free) - encoder:
         np.testing.assert_allclose(limited[name], free[name], rtol=1e-6, atol=1e-9)
+
+
+def test_a_first_adam_step_moves_every_coordinate_by_its_rate_whatever_the_batch(
+    ranking: DeviceIndex,
+) -> None:
+    """Adam's first step from fresh moments is lr·g/(|g| + eps): about ``lr`` on every
+    coordinate with a gradient, however many examples the summed loss adds up (the
+    reason to offer it: SGD's encoder step grows with the batch)."""
+    device = ranking.device(3)
+    adam = one_step(device, optimizer="adam", lr_encoder=0.01)
+    sgd = one_step(device, lr_encoder=0.01)
+    encoder = set(interest_for(device).encoder_parameter_names())
+    for name, step in adam.items():
+        lr = 0.01 if name in encoder else 0.05
+        moved = np.abs(step[np.abs(sgd[name]) > 1e-6])
+        if moved.size == 0:
+            continue
+        # float32 rounding of after - before on weights near 1 (LayerNorm), as above.
+        np.testing.assert_allclose(moved, lr, rtol=1e-3, atol=2e-7, err_msg=name)
+        assert np.abs(step).max() <= lr * (1 + 1e-3) + 2e-7, name
+    sgd_max = max(float(np.abs(sgd[k]).max()) for k in encoder)
+    assert sgd_max > 3 * 0.01, "SGD's summed-loss step should exceed Adam's on this batch"
+
+
+def test_an_unknown_device_optimizer_is_refused(ranking: DeviceIndex) -> None:
+    with pytest.raises(ValueError, match="unknown device optimizer 'lion'"):
+        one_step(ranking.device(0), optimizer="lion")

@@ -32,6 +32,7 @@ def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
         ({"lr-encoder": 0.01}, "lr-encoder sets the rate of the interest model's encoder"),
         ({"task": "ranking", "model": "interest", "lr-encoder": 0}, "lr-encoder"),
         ({"encoder-max-grad-norm": 1.0}, "limits the interest encoder's step"),
+        ({"device-optimizer": "lion"}, "device-optimizer"),
         (
             {
                 "task": "ranking",

@@ -175,6 +175,7 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         private_refit=private_refit(config),
         lr_encoder=_optional_float(config, "lr-encoder"),
         encoder_max_grad_norm=_optional_float(config, "encoder-max-grad-norm"),
+        optimizer=str(config.get("device-optimizer", "sgd")),
     )
 
 

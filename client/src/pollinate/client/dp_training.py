@@ -96,7 +96,7 @@ import torch
 from torch import nn
 
 from pollinate.client.device_data import DeviceData
-from pollinate.client.training import LocalTrainConfig, sgd_groups
+from pollinate.client.training import LocalTrainConfig, local_optimizer
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.privacy.accounting import local_epsilon
@@ -409,7 +409,7 @@ def train_device_dp(
         )
 
     before = model.global_state()
-    sgd = torch.optim.SGD(sgd_groups(model, cfg))
+    sgd = local_optimizer(model, cfg)
     model.train()
     with warnings.catch_warnings():
         # Opacus's full backward hooks fire on modules whose inputs need no gradient

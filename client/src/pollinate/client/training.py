@@ -45,6 +45,10 @@ class LocalTrainConfig:
     #: Largest L2 norm of the encoder's gradient in one step (``None``: no limit). A
     #: stabiliser of plain training, not a privacy clip: DP-SGD clips per example.
     encoder_max_grad_norm: float | None = None
+    #: ``sgd`` or ``adam`` (fresh moments every round; the rates above are Adam's step
+    #: sizes then). Adam's step does not scale with the summed loss, so the encoder and
+    #: the item rows move at comparable speeds.
+    optimizer: str = "sgd"
 
 
 def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]]:
@@ -68,6 +72,17 @@ def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]
     return groups
 
 
+def local_optimizer(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optimizer:
+    """The device's optimizer over :func:`sgd_groups` (a fresh one every round: nothing of
+    it outlives the round, so it holds no state to persist or leak)."""
+    groups = sgd_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups)
+    raise ValueError(f"unknown device optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     update: dict[str, np.ndarray]
@@ -89,7 +104,7 @@ def train_device(
     )
     n = n_examples(examples)
     loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
-    opt = torch.optim.SGD(sgd_groups(model, cfg))
+    opt = local_optimizer(model, cfg)
     params = dict(model.named_parameters())
     encoder = [params[k] for k in model.encoder_parameter_names()]
     model.train()

@@ -109,6 +109,9 @@ class FederationConfig(BaseModel):
     #: stabiliser of plain training (not a privacy clip; refused under local DP, whose
     #: DP-SGD clips every example). ``None``: no limit.
     encoder_max_grad_norm: float | None = Field(None, gt=0)
+    #: Device optimizer: ``sgd`` on the summed loss, or ``adam`` (fresh moments each
+    #: round), whose steps do not grow with the batch; the lr-* keys are its step sizes.
+    device_optimizer: Literal["sgd", "adam"] = "sgd"
     #: L2 on the rows an example touches: by task and model when unset (``TASK_DEFAULTS``).
     weight_decay: float = Field(ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table

@@ -85,6 +85,10 @@ def simulate(
         float | None,
         typer.Option(help="interest: largest norm of the encoder's gradient in a device step"),
     ] = None,
+    device_optimizer: Annotated[
+        str | None,
+        typer.Option(help="sgd (default) or adam; the lr-* options are its step sizes"),
+    ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
     ] = None,
