@@ -409,13 +409,13 @@ def train_device_dp(
         )
 
     before = model.global_state()
-    sgd = local_optimizer(model, cfg)
+    optimizer = local_optimizer(model, cfg)
     model.train()
     with warnings.catch_warnings():
         # Opacus's full backward hooks fire on modules whose inputs need no gradient
         # (embedding lookups): expected, and harmless here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        peak = _dp_sgd(model, examples, cfg, dp, plan, sgd, generator)
+        peak = _dp_sgd(model, examples, cfg, dp, plan, optimizer, generator)
 
     after = model.global_state()
     update = {k: after[k] - before[k] for k in before}
@@ -453,7 +453,7 @@ def _dp_sgd(
     cfg: LocalTrainConfig,
     dp: LocalDPConfig,
     plan: LocalRoundPlan,
-    sgd: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> int:
     """Run ``plan.steps`` DP-SGD steps on ``model`` in place; return the peak bytes of
@@ -489,10 +489,10 @@ def _dp_sgd(
                 max_grad_norm=dp.clip_norm,
                 use_ghost_clipping=True,
             )
-            opt: DPOptimizer = DPOptimizerFastGradientClipping(sgd, **opt_args)
+            opt: DPOptimizer = DPOptimizerFastGradientClipping(optimizer, **opt_args)
         else:
             gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-            opt = DPOptimizer(sgd, **opt_args)
+            opt = DPOptimizer(optimizer, **opt_args)
         for _ in range(plan.steps):
             # Poisson sampling: each example in independently with probability q.
             idx = torch.nonzero(torch.rand(n, generator=noise_gen) < plan.sample_rate)[:, 0]

@@ -100,10 +100,11 @@ _BASE: dict[str, Any] = {
     "refit": True,
 }
 
-#: Early-stopping patience of the ranking references. Validation NDCG@10 moves by
-#: ±0.005 from one epoch to the next; with patience 3 the ML-100K ``interest`` reference
-#: stopped at epoch 2 (seed 1) or 7 (seed 0), while with 6 it trained to epoch 20 and
-#: tested 0.1345 against 0.0848 (simulations/benchmarks/RESULTS.md, eighth session).
+#: Early-stopping patience of the ranking references. Validation NDCG@10 moves by a
+#: median 0.004-0.006 (up to 0.018) from one epoch to the next while still rising; with
+#: patience 3 the ML-100K ``interest`` reference stopped at epoch 2 (seed 1) or 7 (seed
+#: 0), while with 6 seed 1 ran to epoch 26 (best 20) and tested 0.1345 against 0.0848
+#: (simulations/benchmarks/RESULTS.md, eighth session).
 RANKING_PATIENCE = 6
 
 #: Generic defaults by (model, task).
