@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from pollinate.client.app import train_config
 from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.training import LocalTrainConfig, sgd_groups, train_device
+from pollinate.server.federation import DEVICE_KEYS
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel, build_model
 from pollinate.shared.tasks import load_task
 
@@ -133,3 +137,45 @@ def test_a_first_adam_step_moves_every_coordinate_by_its_rate_whatever_the_batch
 def test_an_unknown_device_optimizer_is_refused(ranking: DeviceIndex) -> None:
     with pytest.raises(ValueError, match="unknown device optimizer 'lion'"):
         one_step(ranking.device(0), optimizer="lion")
+
+
+def test_the_private_decay_shrinks_the_private_parameters_and_nothing_else(
+    ranking: DeviceIndex,
+) -> None:
+    """One SGD step with decay ``w`` moves each private weight by ``-lr_local * w * p``
+    more than the same step without it (the optimizer adds ``w * p`` to the gradient);
+    the update that leaves the device is the same."""
+    device = ranking.device(3)
+    cfg = LocalTrainConfig("softmax", 0.0, 7, 1, 10_000, 0.05, 0.05, 5)
+    results = []
+    for decay in (0.0, 0.5):
+        model = interest_for(device)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in model.local_parameter_names():
+                values = torch.linspace(-1.0, 1.0, params[name].numel())
+                params[name].copy_(values.view_as(params[name]))
+        start = {k: params[k].detach().clone() for k in model.local_parameter_names()}
+        step_cfg = LocalTrainConfig(**{**cfg.__dict__, "private_weight_decay": decay})
+        out = train_device(model, device, step_cfg, torch.Generator().manual_seed(0))
+        after = {k: params[k].detach().clone() for k in model.local_parameter_names()}
+        results.append((start, after, out.update))
+    (start, plain, update), (_, decayed, decayed_update) = results
+    for name in plain:
+        expected = plain[name] - 0.05 * 0.5 * start[name]
+        torch.testing.assert_close(decayed[name], expected, rtol=1e-5, atol=1e-6)
+        assert (decayed[name] - plain[name]).abs().max() > 0.01, name
+    for name, step in update.items():
+        np.testing.assert_allclose(decayed_update[name], step, rtol=1e-6, atol=1e-9)
+
+
+def test_the_private_decay_reaches_the_device_from_the_run_config() -> None:
+    assert "private-weight-decay" in DEVICE_KEYS
+    cfg = FederationConfig.from_mapping(
+        {"task": "ranking", "model": "interest", "private-weight-decay": 0.02}
+    )
+    flat = cfg.model_dump(by_alias=True)
+    device_cfg = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    assert train_config(device_cfg).private_weight_decay == 0.02
+    with pytest.raises(ConfigError, match=r"private.weight.decay"):
+        FederationConfig.from_mapping({"private-weight-decay": -1})

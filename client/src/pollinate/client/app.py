@@ -176,6 +176,7 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         lr_encoder=_optional_float(config, "lr-encoder"),
         encoder_max_grad_norm=_optional_float(config, "encoder-max-grad-norm"),
         optimizer=str(config.get("device-optimizer", "sgd")),
+        private_weight_decay=float(config.get("private-weight-decay", 0.0)),
     )
 
 

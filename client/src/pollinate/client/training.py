@@ -49,11 +49,18 @@ class LocalTrainConfig:
     #: sizes then). Adam's step does not scale with the summed loss, so the encoder and
     #: the item rows move at comparable speeds.
     optimizer: str = "sgd"
+    #: Decay of the private parameters alone, applied by the optimizer at every step
+    #: (``p -= lr_local * private_weight_decay * p``), whatever the batch holds. It bounds
+    #: the private vectors, which ``reg`` (on the rows an example touches, in the loss)
+    #: leaves free when it is 0. Under DP-SGD it acts on parameters that are already
+    #: private, so it is post-processing and costs no ε.
+    private_weight_decay: float = 0.0
 
 
 def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]]:
-    """SGD parameter groups: private parameters at ``lr_local``, the encoder's dense
-    weights at ``lr_encoder`` and the other global parameters (item rows) at ``lr_global``.
+    """SGD parameter groups: private parameters at ``lr_local`` (with their own decay
+    ``private_weight_decay``), the encoder's dense weights at ``lr_encoder`` and the other
+    global parameters (item rows) at ``lr_global``.
 
     The loss is summed over the batch, so a weight that every example touches takes
     batch-size times the per-example step, while an item row takes one per occurrence:
@@ -64,7 +71,11 @@ def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]
     encoder = set(model.encoder_parameter_names()) if cfg.lr_encoder is not None else set()
     rows = [k for k in model.global_parameter_names() if k not in encoder]
     groups: list[dict[str, object]] = [
-        {"params": [params[k] for k in local], "lr": cfg.lr_local},
+        {
+            "params": [params[k] for k in local],
+            "lr": cfg.lr_local,
+            "weight_decay": cfg.private_weight_decay,
+        },
         {"params": [params[k] for k in rows], "lr": cfg.lr_global},
     ]
     if encoder:

@@ -54,7 +54,7 @@ DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "local-epochs", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
-    "refit-reg", "encoder-max-grad-norm", "device-optimizer",
+    "refit-reg", "encoder-max-grad-norm", "device-optimizer", "private-weight-decay",
     "seed", "device-state-dir",
     "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",

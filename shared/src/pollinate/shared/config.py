@@ -114,6 +114,9 @@ class FederationConfig(BaseModel):
     device_optimizer: Literal["sgd", "adam"] = "sgd"
     #: L2 on the rows an example touches: by task and model when unset (``TASK_DEFAULTS``).
     weight_decay: float = Field(ge=0)
+    #: Decay of the private parameters alone at every device step (the optimizer's
+    #: ``weight_decay`` on their group); bounds them where ``weight-decay`` is 0.
+    private_weight_decay: float = Field(0.0, ge=0)
     #: ``softmax`` (the whole catalogue) and ``shared_softmax`` read the item table
     #: directly, so Opacus cannot clip them per example: not with ``--dp local``.
     #: By task and model when unset (``TASK_DEFAULTS``).

@@ -92,6 +92,10 @@ def simulate(
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
     ] = None,
+    private_weight_decay: Annotated[
+        float | None,
+        typer.Option(help="Decay of the private parameters alone at every device step"),
+    ] = None,
     loss: Annotated[
         str | None, typer.Option(help="mse, bpr, sampled_softmax, softmax (not with --dp local)")
     ] = None,
