@@ -88,6 +88,9 @@ def test_only_valid_updates_are_aggregated_with_equal_weights(tmp_path: Path) ->
     assert (result.aggregated, result.rejected, result.failed) == (2, 3, 1)
     for k, v in server.params.items():
         np.testing.assert_allclose(v, before[k] + 0.2, rtol=1e-6)  # mean of 0.1 and 0.3
+    # The run log's update norms are those of the two accepted updates, as received.
+    size = sum(v.size for v in before.values())
+    np.testing.assert_allclose(result.update_norms, [0.1 * np.sqrt(size), 0.3 * np.sqrt(size)])
 
 
 def test_a_round_where_every_reply_is_bad_leaves_the_model_unchanged(tmp_path: Path) -> None:

@@ -39,6 +39,10 @@ def test_without_dp_it_learns_and_aggregates_every_sampled_device(tmp_path: Path
     assert evals[-1] < 0.9 * evals[0]  # validation RMSE after 10 rounds vs the initial model
     rounds = [h for h in result.history if h["round"] >= 1]
     assert all(h["aggregated"] == h["sampled"] == 80 for h in rounds)
+    # Update and private-vector norms are logged, to show a runaway device.
+    assert all(0 < h["update_norm_median"] <= h["update_norm_max"] for h in rounds)
+    evaluated = [h for h in rounds if "eval" in h]
+    assert all(0 < h["private_norm_median"] <= h["private_norm_max"] for h in evaluated)
     assert not (out / "ledger.jsonl").exists()
     assert json.loads((out / "inprocess.json").read_text())["final"] == result.final
 

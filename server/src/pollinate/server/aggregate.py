@@ -19,19 +19,34 @@ Arrays = dict[str, np.ndarray]
 Spec = Mapping[str, tuple[tuple[int, ...], str]]
 
 
+def update_norm(update: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of all arrays of ``update`` taken as one vector."""
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update.values()))
+    )
+
+
 class UpdateSum:
     """The equal-weight running sum of the updates added so far, over the arrays of ``spec``.
 
     ``spec`` maps every global array to its shape and dtype; an update must carry exactly
     those arrays (the allow-list check has made sure of that before it gets here).
+
+    ``norms`` keeps every update's L2 norm as received, for the run log: one device whose
+    update dwarfs the others' can steer the round (and an adaptive server optimizer).
     """
 
     def __init__(self, spec: Spec) -> None:
         self.spec = dict(spec)
         self.total = {n: np.zeros(shape, dtype=np.float64) for n, (shape, _) in spec.items()}
         self.count = 0
+        self.norms: list[float] = []
 
     def add(self, update: Mapping[str, np.ndarray]) -> None:
+        self.norms.append(update_norm({n: update[n] for n in self.total}))
+        self._accumulate(update)
+
+    def _accumulate(self, update: Mapping[str, np.ndarray]) -> None:
         for n, t in self.total.items():
             t += update[n]
         self.count += 1

@@ -256,6 +256,7 @@ class Server:
         and the ledger event is appended before the new parameters are used anywhere.
         """
         total = self.round_sum() if total is None else total
+        result.update_norms = total.norms
         up = self.user_privacy
         if up is None:
             if total.count:
@@ -267,7 +268,6 @@ class Server:
             expected_devices=up.expected_devices,
             rng=self.noise.rng,
         )
-        result.update_norms = total.norms
         event = up.release(round_)
         LedgerWriter(self.ledger_path).append(event)
         result.user_epsilon = event.epsilon
@@ -380,11 +380,11 @@ class Server:
                 if cfg.local_dp:
                     entry["dp_stopped"] = result.dp_stopped
                     entry["local_epsilon_max"] = max(result.local_epsilons, default=None)
+                norms = result.update_norms
+                entry["update_norm_median"] = float(np.median(norms)) if norms else None
+                entry["update_norm_max"] = max(norms, default=None)
                 if self.user_privacy is not None:
                     entry["user_epsilon"] = result.user_epsilon
-                    entry["update_norm_median"] = (
-                        float(np.median(result.update_norms)) if result.update_norms else None
-                    )
                     entry["clipped_fraction"] = (
                         float(np.mean(np.asarray(result.update_norms) > self.user_privacy.clip))
                         if result.update_norms

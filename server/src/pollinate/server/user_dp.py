@@ -28,17 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pollinate.server.aggregate import Spec, UpdateSum
+from pollinate.server.aggregate import Spec, UpdateSum, update_norm
 from pollinate.shared.errors import ConfigError
 
 Arrays = dict[str, np.ndarray]
-
-
-def update_norm(update: Mapping[str, np.ndarray]) -> float:
-    """L2 norm of all arrays of ``update`` taken as one vector."""
-    return float(
-        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in update.values()))
-    )
 
 
 def clip_update(update: Mapping[str, np.ndarray], clip: float) -> tuple[Arrays, float]:
@@ -64,12 +57,11 @@ class ClippedSum(UpdateSum):
             raise ConfigError(f"the user-level clip norm must be positive, got {clip}")
         super().__init__(spec)
         self.clip = clip
-        self.norms: list[float] = []
 
     def add(self, update: Mapping[str, np.ndarray]) -> None:
         clipped, norm = clip_update({n: update[n] for n in self.total}, self.clip)
         self.norms.append(norm)
-        super().add(clipped)
+        self._accumulate(clipped)
 
     def mean(self) -> Arrays:
         """Refused: dividing by the realised count would break the sensitivity bound."""

@@ -29,7 +29,7 @@ from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
-from pollinate.server.aggregate import UpdateSum
+from pollinate.server.aggregate import UpdateSum, update_norm
 from pollinate.server.evaluation import add_sums, finalize
 from pollinate.server.federation import build_run_model, initial_global_state
 from pollinate.server.optimizers import make_server_optimizer
@@ -186,6 +186,11 @@ def run_inprocess(
         entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
         if diverged:
             entry["failed"] = diverged
+        if total.norms:
+            # One device whose update dwarfs the others' can steer an adaptive server
+            # optimizer alone; the median and the largest show when that happens.
+            entry["update_norm_median"] = float(np.median(total.norms))
+            entry["update_norm_max"] = max(total.norms)
         if user is None:
             if total.count:
                 glob = opt.step(glob, total.mean())
@@ -196,13 +201,11 @@ def run_inprocess(
                 expected_devices=user.expected_devices,
                 rng=user_noise.rng,
             )
-            norms = total.norms
             event = user.release(r)
             if ledger is not None:
                 ledger.append(event)
             glob = opt.step(glob, delta)
             entry["user_epsilon"] = event.epsilon
-            entry["update_norm_median"] = float(np.median(norms)) if norms else None
         if losses:
             entry["train_loss"] = float(np.mean(losses))
         if local_dp is not None:
@@ -211,6 +214,10 @@ def run_inprocess(
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         if cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
             entry["eval"] = evaluate("valid")
+            private_norms = [update_norm(state) for state in private.values()]
+            # The private vectors train without L2 by default: a runaway one shows here.
+            entry["private_norm_median"] = float(np.median(private_norms))
+            entry["private_norm_max"] = max(private_norms)
         emit(entry)
     result.final = evaluate("test")
     if ledger is not None:
