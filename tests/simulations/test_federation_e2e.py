@@ -69,6 +69,8 @@ def test_every_round_records_its_poisson_sample(rating_run: Path) -> None:
     assert all(h["aggregated"] == h["sampled"] for h in history)
     assert len(set(sizes)) > 1  # Poisson, not a fixed count
     assert 30 < np.mean(sizes) < 90  # q N = 60
+    # What every round aggregated: the median and the largest update norm.
+    assert all(0 < h["update_norm_median"] <= h["update_norm_max"] for h in history)
 
 
 def test_devices_send_only_the_arrays_the_server_sent(rating_run: Path) -> None:
@@ -124,6 +126,7 @@ def test_the_cli_survives_empty_rounds(tmp_path: Path) -> None:
     history = read_jsonl(out / "metrics.jsonl")
     assert [h["round"] for h in history] == [1, 2, 3, 4]
     assert any(h["sampled"] == 0 and h["train_loss"] is None for h in history)
+    assert all(h["update_norm_max"] is None for h in history if h["sampled"] == 0)
     assert "rmse" in json.loads((out / "metrics.json").read_text())["final"]
     assert (out / "devices").is_dir()  # simulated devices keep private state on "disk"
 
