@@ -55,6 +55,13 @@ def test_defaults_follow_the_task_and_model() -> None:
     ranking = FederationConfig.from_mapping({"task": "ranking", "model": "interest"})
     assert ranking.loss == "softmax"
     assert (ranking.lr_local, ranking.lr_global, ranking.local_epochs) == (0.05, 0.01, 5)
+    assert (ranking.embedding_dim, ranking.lr_encoder) == (64, 0.0025)
+    assert FederationConfig().embedding_dim == 16 and FederationConfig().lr_encoder is None
+    assert FederationConfig.from_mapping({"task": "ranking"}).embedding_dim == 16
+    narrow = FederationConfig.from_mapping(
+        {"task": "ranking", "model": "interest", "embedding-dim": 16, "lr-encoder": 0.01}
+    )
+    assert (narrow.embedding_dim, narrow.lr_encoder) == (16, 0.01)  # set values win
     assert ranking.weight_decay == 0.0 and FederationConfig().weight_decay == 0.05
     assert FederationConfig.from_mapping({"task": "ranking"}).weight_decay == 0.05
     kept = FederationConfig.from_mapping(
@@ -62,7 +69,7 @@ def test_defaults_follow_the_task_and_model() -> None:
     )
     assert kept.weight_decay == 0.1
     assert FederationConfig().local_epochs == 1
-    assert ranking.effective_server_lr == 0.1
+    assert ranking.effective_server_lr == 0.03
     rating = FederationConfig()
     assert (rating.lr_local, rating.lr_global) == (0.005, 0.01)
     mf_ranking = FederationConfig.from_mapping({"task": "ranking", "lr-global": 0.2})
