@@ -18,9 +18,10 @@ ServerOpt = Literal["fedavg", "fedadam", "fedadagrad"]
 DPMode = Literal["none", "local", "user", "both"]
 
 #: Default server learning rates by (optimizer, model). Measured (RESULTS.md): FedAdagrad
-#: 0.3 for ``mf`` on ML-100K; 0.03 for ``interest`` at its default k = 64 (FedAdagrad's
-#: first steps are about ``lr`` per coordinate whatever the device rates, and 64
-#: coordinates per row at 0.1 made k = 64 diverge; at k = 16, 0.1 had beaten 0.03).
+#: 0.3 for ``mf`` on ML-100K; 0.03 for ``interest`` at its default k = 64 (k = 64 had
+#: diverged at 0.1 with one device rate, whose first FedAdagrad steps are about ``lr`` on
+#: every coordinate whatever the device rates; 0.03 with the encoder at 0.0025 is stable,
+#: which of the two it needs was not separated; at k = 16, 0.1 had beaten 0.03).
 #: FedAvg and FedAdam defaults are conservative, not tuned: pass ``--server-lr``.
 DEFAULT_SERVER_LR: dict[tuple[str, str], float] = {
     ("fedadagrad", "mf"): 0.3,
@@ -45,7 +46,7 @@ DEFAULT_SERVER_LR: dict[tuple[str, str], float] = {
 #: as the centralized reference (after 10 rounds in process: 0.0828 against 0.0756
 #: with L2 0.05; on Flower after 30 rounds: 0.1066 with seed 0, 0.0978 with seed 1).
 #: ``interest`` is as wide as the centralized reference, k = 64: at k = 16 the centralized
-#: model itself tests 0.109 on ML-100K against 0.137 at k = 64 (history 20 both), so
+#: model itself tests 0.109 on ML-100K against 0.137 at k = 64 (history 20, one seed each), so
 #: width, not federation, was the gap. k = 64 is stable on the device with the encoder's
 #: dense weights at 0.0025 (they take batch-size times the per-example step) and
 #: FedAdagrad at 0.03 (``DEFAULT_SERVER_LR``).

@@ -186,11 +186,12 @@ def run_inprocess(
         entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
         if diverged:
             entry["failed"] = diverged
-        if total.norms:
-            # One device whose update dwarfs the others' can steer an adaptive server
-            # optimizer alone; the median and the largest show when that happens.
-            entry["update_norm_median"] = float(np.median(total.norms))
-            entry["update_norm_max"] = max(total.norms)
+        # One device whose update dwarfs the others' can steer an adaptive server
+        # optimizer alone; the median and the largest show when that happens (None in
+        # an empty round, as in the Flower server's log).
+        norms = total.norms
+        entry["update_norm_median"] = float(np.median(norms)) if norms else None
+        entry["update_norm_max"] = max(norms, default=None)
         if user is None:
             if total.count:
                 glob = opt.step(glob, total.mean())
