@@ -242,9 +242,9 @@ def test_dp_sgd_wraps_adam_with_the_same_accounting(ranking: DeviceIndex) -> Non
     wraps Adam as it wraps SGD, and the privacy plan (and so ε) is the same."""
     device = ranking.device(2)
     outcomes = {}
-    for opt in ("sgd", "adam"):
+    for opt in ("sgd", "adam", "adam-encoder"):
         model = model_for(device, "interest")
-        cfg = train_config("sampled_softmax", optimizer=opt)
+        cfg = train_config("sampled_softmax", optimizer=opt, lr_encoder=0.01)
         gen = torch.Generator().manual_seed(0)
         outcomes[opt] = train_device_dp(model, device, cfg, dp_config(), [], gen)
     sgd, adam = outcomes["sgd"], outcomes["adam"]
@@ -254,6 +254,9 @@ def test_dp_sgd_wraps_adam_with_the_same_accounting(ranking: DeviceIndex) -> Non
     assert any(not np.allclose(adam.update[k], sgd.update[k]) for k in adam.update), (
         "the optimizer made no difference: the test would prove nothing"
     )
+    mixed = outcomes["adam-encoder"]
+    assert mixed.update is not None and all(np.isfinite(u).all() for u in mixed.update.values())
+    assert mixed.history == sgd.history and mixed.epsilon == sgd.epsilon
 
 
 # --------------------------------------------------------------------------- write-ahead

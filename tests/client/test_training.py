@@ -134,6 +134,56 @@ def test_a_first_adam_step_moves_every_coordinate_by_its_rate_whatever_the_batch
     assert sgd_max > 3 * 0.01, "SGD's summed-loss step should exceed Adam's on this batch"
 
 
+def test_adam_encoder_steps_the_encoder_with_adam_and_the_rest_with_sgd(
+    ranking: DeviceIndex,
+) -> None:
+    """``adam-encoder``: after one full-batch step the encoder's moved coordinates have
+    moved by exactly its rate (Adam's first step is ``lr * sign(g)``), and every other
+    global parameter has the update of plain SGD at its own rate."""
+    device = ranking.device(3)
+    mixed = one_step(device, optimizer="adam-encoder", lr_encoder=0.01)
+    sgd = one_step(device, lr_encoder=0.01)
+    encoder = set(interest_for(device).encoder_parameter_names())
+    assert encoder and set(mixed) == set(sgd)
+    for name, step in mixed.items():
+        if name in encoder:
+            moved = np.abs(step[np.abs(sgd[name]) > 1e-6])
+            if moved.size:
+                np.testing.assert_allclose(moved, 0.01, rtol=1e-3, atol=2e-7, err_msg=name)
+        else:
+            np.testing.assert_allclose(step, sgd[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    rows_moved = [k for k in mixed if k not in encoder and np.abs(mixed[k]).max() > 1e-4]
+    assert rows_moved, "no item row moved: the SGD half of the test would prove nothing"
+
+
+def test_adam_encoder_keeps_the_private_decay(ranking: DeviceIndex) -> None:
+    """The private parameters stay on SGD, decay included: ``p - lr * (g + w * p)``."""
+    device = ranking.device(3)
+    base = LocalTrainConfig("softmax", 0.0, 7, 1, 10_000, 0.05, 0.05, 5, lr_encoder=0.01)
+    finals = []
+    for cfg in (
+        LocalTrainConfig(**{**base.__dict__, "private_weight_decay": 0.5}),
+        LocalTrainConfig(
+            **{**base.__dict__, "private_weight_decay": 0.5, "optimizer": "adam-encoder"}
+        ),
+    ):
+        model = interest_for(device)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in model.local_parameter_names():
+                values = torch.linspace(-1.0, 1.0, params[name].numel())
+                params[name].copy_(values.view_as(params[name]))
+        train_device(model, device, cfg, torch.Generator().manual_seed(0))
+        finals.append({k: params[k].detach().clone() for k in model.local_parameter_names()})
+    for name in finals[0]:
+        torch.testing.assert_close(finals[1][name], finals[0][name], rtol=1e-6, atol=1e-7)
+
+
+def test_adam_encoder_needs_an_encoder(ranking: DeviceIndex) -> None:
+    with pytest.raises(ValueError, match="needs an encoder and lr_encoder"):
+        one_step(ranking.device(0), optimizer="adam-encoder")
+
+
 def test_an_unknown_device_optimizer_is_refused(ranking: DeviceIndex) -> None:
     with pytest.raises(ValueError, match="unknown device optimizer 'lion'"):
         one_step(ranking.device(0), optimizer="lion")
@@ -179,3 +229,23 @@ def test_the_private_decay_reaches_the_device_from_the_run_config() -> None:
     assert train_config(device_cfg).private_weight_decay == 0.02
     with pytest.raises(ConfigError, match=r"private.weight.decay"):
         FederationConfig.from_mapping({"private-weight-decay": -1})
+
+
+def test_the_dropout_reaches_the_device_and_server_models(ranking: DeviceIndex) -> None:
+    """``--dropout`` sets every dropout layer of the model a device trains (and of the
+    server's copy); unset, the model keeps its default."""
+    from pollinate.client.app import _build
+    from pollinate.server.federation import build_run_model
+    from pollinate.shared.tasks import catalog_of
+
+    assert "dropout" in DEVICE_KEYS
+    device = ranking.device(0)
+    for dropout, expected in ((0.3, 0.3), (None, 0.2)):
+        values = {"task": "ranking", "model": "interest", "embedding-dim": 4, "dropout": dropout}
+        cfg = FederationConfig.from_mapping({k: v for k, v in values.items() if v is not None})
+        flat = cfg.model_dump(by_alias=True)
+        device_cfg = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+        server = build_run_model(cfg, catalog_of(ranking.task_data.data))
+        for model in (_build(device_cfg, device), server):
+            rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+            assert rates == {expected}, (dropout, rates)

@@ -99,6 +99,22 @@ def test_the_private_refit_is_on_for_mf_ratings_and_refused_where_it_does_not_be
         )
 
 
+def test_dropout_and_adam_encoder_are_interest_settings() -> None:
+    interest = {"task": "ranking", "model": "interest"}
+    assert FederationConfig.from_mapping(interest).dropout is None
+    assert FederationConfig.from_mapping(interest | {"dropout": 0.3}).dropout == 0.3
+    with pytest.raises(ConfigError, match="no encoder"):
+        FederationConfig.from_mapping({"task": "ranking", "dropout": 0.3})
+    with pytest.raises(ConfigError, match="dropout"):
+        FederationConfig.from_mapping(interest | {"dropout": 1.0})
+    # The interest defaults set lr-encoder, so adam-encoder works out of the box ...
+    mixed = FederationConfig.from_mapping(interest | {"device-optimizer": "adam-encoder"})
+    assert mixed.device_optimizer == "adam-encoder" and mixed.lr_encoder is not None
+    # ... and mf, which has no encoder, is refused.
+    with pytest.raises(ConfigError, match="adam-encoder"):
+        FederationConfig.from_mapping({"task": "ranking", "device-optimizer": "adam-encoder"})
+
+
 def test_full_softmax_is_refused_under_local_dp_only() -> None:
     ok = FederationConfig.from_mapping({"task": "ranking", "loss": "softmax"})
     assert ok.loss == "softmax"

@@ -120,6 +120,8 @@ def _build(config: Mapping[str, Any], device: DeviceData) -> RecModel:
         kwargs["learn_global_mean"] = bool(config.get("learn-global-mean", True))
     if config["model"] == "interest":
         kwargs["history_len"] = int(config["history-len"])
+        if config.get("dropout") is not None:
+            kwargs["dropout"] = float(config["dropout"])
     return build_model(str(config["model"]), **kwargs)
 
 

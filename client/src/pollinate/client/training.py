@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,8 @@ class LocalTrainConfig:
     encoder_max_grad_norm: float | None = None
     #: ``sgd`` or ``adam`` (fresh moments every round; the rates above are Adam's step
     #: sizes then). Adam's step does not scale with the summed loss, so the encoder and
-    #: the item rows move at comparable speeds.
+    #: the item rows move at comparable speeds. ``adam-encoder``: Adam for the encoder's
+    #: dense weights only (step ``lr_encoder``), SGD for the item rows and private vectors.
     optimizer: str = "sgd"
     #: Decay of the private parameters alone, applied by the optimizer at every step
     #: (``p -= lr_local * private_weight_decay * p``), whatever the batch holds. It bounds
@@ -83,6 +85,31 @@ def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]
     return groups
 
 
+class EncoderAdam(torch.optim.Adam):
+    """Adam on the groups marked ``adam``, plain SGD (``p -= lr * (g + wd * p)``) on the rest.
+
+    Dense weights that every example touches get Adam's bounded, per-coordinate steps;
+    embedding rows keep the per-occurrence SGD step of the summed loss. One optimizer, so
+    Opacus can wrap it like any other (it sets ``p.grad`` and calls :meth:`step`).
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        if closure is not None:
+            raise ValueError("EncoderAdam does not take a closure")
+        for group in self.param_groups:
+            if group["adam"]:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(p.grad, alpha=-group["lr"])
+                p.grad = None  # Adam's step below skips parameters without a gradient
+        return super().step()
+
+
 def local_optimizer(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optimizer:
     """The device's optimizer over :func:`sgd_groups` (a fresh one every round: nothing of
     it outlives the round, so it holds no state to persist or leak)."""
@@ -91,7 +118,16 @@ def local_optimizer(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optim
         return torch.optim.SGD(groups)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups)
-    raise ValueError(f"unknown device optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+    if cfg.optimizer == "adam-encoder":
+        if len(groups) < 3:
+            raise ValueError("device optimizer 'adam-encoder' needs an encoder and lr_encoder")
+        for i, group in enumerate(groups):
+            group["adam"] = i == 2
+            group.setdefault("weight_decay", 0.0)
+        return EncoderAdam(groups)
+    raise ValueError(
+        f"unknown device optimizer {cfg.optimizer!r}; use 'sgd', 'adam' or 'adam-encoder'"
+    )
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,10 @@ def simulate(
     ] = None,
     device_optimizer: Annotated[
         str | None,
-        typer.Option(help="sgd (default) or adam; the lr-* options are its step sizes"),
+        typer.Option(
+            help="sgd (default), adam, or adam-encoder (Adam for the interest encoder at "
+            "--lr-encoder, SGD for the rest); the lr-* options are its step sizes"
+        ),
     ] = None,
     weight_decay: Annotated[
         float | None, typer.Option(help="L2 on the rows an example touches")
@@ -116,6 +119,9 @@ def simulate(
     ] = None,
     history_len: Annotated[
         int | None, typer.Option(help="Behaviour history length (interest)")
+    ] = None,
+    dropout: Annotated[
+        float | None, typer.Option(help="interest: encoder dropout on devices (default 0.2)")
     ] = None,
     eval_every: Annotated[
         int | None, typer.Option(help="Evaluate every N rounds (0: never)")
