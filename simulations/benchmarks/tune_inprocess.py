@@ -44,7 +44,8 @@ def main() -> None:
     cfg = FederationConfig.from_mapping(values)
     print(json.dumps({k: v for k, v in values.items() if k != "progress"}), flush=True)
     result = run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True))
-    print(json.dumps({"test": result.final, "seconds": round(result.seconds, 1)}), flush=True)
+    last = {"test": result.final, "test_se": result.final_se, "seconds": round(result.seconds, 1)}
+    print(json.dumps(last), flush=True)
 
 
 if __name__ == "__main__":

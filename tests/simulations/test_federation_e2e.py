@@ -58,6 +58,9 @@ def test_federated_mf_learns_and_beats_the_untrained_model(rating_run: Path) -> 
     summary = json.loads((rating_run / "metrics.json").read_text())
     assert set(summary["final"]) == {"rmse", "mae"}
     assert summary["final"]["rmse"] < 0.95 * evals[0]
+    # The evaluation's sampling error over the run's users is reported beside it.
+    assert set(summary["final_se"]) == {"rmse", "mae"}
+    assert 0 < summary["final_se"]["rmse"] < 0.2 * summary["final"]["rmse"]
     assert (rating_run / "metrics.png").stat().st_size > 1000
     assert (rating_run / "global_params.npz").exists()
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 from pollinate.shared.metrics import ranking_metrics_from_sums, rating_metrics
+
+#: Metrics given a standard error: the accuracy means of the ranking task at the
+#: reported cutoffs, and the rating errors.
+RANKING_SE_METRICS = tuple(f"{m}@{k}" for k in (10, 20) for m in ("hr", "recall", "ndcg", "mrr"))
 
 
 def add_sums(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -21,3 +26,44 @@ def finalize(task: str, sums: Mapping[str, float]) -> dict[str, float]:
     if task == "rating":
         return rating_metrics(sums)
     return ranking_metrics_from_sums(sums, ks=(10, 20))
+
+
+def _ratio_se(parts: Sequence[Mapping[str, float]], key: str) -> float | None:
+    """Standard error of ``Σ s_i / Σ c_i`` over devices ``i`` (``s_i = part[key]``, ``c_i``
+    its ``count``), each device a cluster of its own users' values:
+    ``SE² = n/(n-1) · Σ (s_i − m·c_i)² / (Σ c_i)²`` (the linearised ratio estimator). With
+    one user a device it is the sample standard deviation over users divided by ``√n``.
+    ``None`` with fewer than two devices that hold an evaluated user."""
+    used = [p for p in parts if float(p.get("count", 0)) > 0 and key in p]
+    n = len(used)
+    if n < 2:
+        return None
+    total_c = sum(float(p["count"]) for p in used)
+    mean = sum(float(p[key]) for p in used) / total_c
+    resid = sum((float(p[key]) - mean * float(p["count"])) ** 2 for p in used)
+    return math.sqrt(n / (n - 1) * resid) / total_c
+
+
+def standard_errors(task: str, parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Standard errors of :func:`finalize`'s metrics from the per-device sums it adds up.
+
+    They measure how much the mean over *these* users would move with another draw of
+    users (sampling noise of the evaluation), not the run-to-run noise of training. The
+    server already receives each device's sums, so nothing more leaves a device.
+    RMSE's comes from the MSE's by the delta method (``SE(√x) = SE(x) / (2√x)``).
+    """
+    out: dict[str, float] = {}
+    if task == "rating":
+        se_mse = _ratio_se(parts, "se_sum")
+        rmse = finalize(task, add_sums(parts)).get("rmse")
+        if se_mse is not None and rmse:
+            out["rmse"] = se_mse / (2 * rmse)
+        se_mae = _ratio_se(parts, "ae_sum")
+        if se_mae is not None:
+            out["mae"] = se_mae
+        return out
+    for name in RANKING_SE_METRICS:
+        se = _ratio_se(parts, f"{name}_sum")
+        if se is not None:
+            out[name] = se
+    return out

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pollinate.server.aggregate import UpdateSum
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from pollinate.server.evaluation import add_sums, finalize
+from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.optimizers import make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.runlog import JsonlWriter, message_entry
@@ -277,6 +277,12 @@ class Server:
     def evaluate(
         self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
     ) -> dict[str, float]:
+        return finalize(self.cfg.task, add_sums(self.evaluation_sums(round_, nodes, part, log)))
+
+    def evaluation_sums(
+        self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
+    ) -> list[dict[str, float]]:
+        """The metric sums of every device that replied within the allow-list."""
         sums = []
         for reply in self._exchange(round_, nodes, "evaluate", {"part": part}, log):
             if reply.has_error():
@@ -287,7 +293,7 @@ class Server:
                 continue
             metrics = reply.content.metric_records["metrics"]
             sums.append({k: scalar(v, k) for k, v in metrics.items()})
-        return finalize(self.cfg.task, add_sums(sums))
+        return sums
 
     def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
         """Ask every node for its device key; return the nodes ordered by key.
@@ -403,13 +409,15 @@ class Server:
                 status = ", ".join(f"{k}={v:.4f}" for k, v in list(shown.items())[:2])
                 progress.update(bar, advance=1, status=f"sampled {len(sampled)} {status}")
         t0 = time.perf_counter()
-        final = self.evaluate(cfg.rounds + 1, nodes, "test", msg_log)
+        final_parts = self.evaluation_sums(cfg.rounds + 1, nodes, "test", msg_log)
+        final = finalize(cfg.task, add_sums(final_parts))
         final_s = time.perf_counter() - t0
         metrics_log.close()
         msg_log.close()
         np.savez(self.run_dir / "global_params.npz", **self.params)  # type: ignore[arg-type]
         return {
             "final": final,
+            "final_se": standard_errors(cfg.task, final_parts),
             "final_eval_s": final_s,
             "enroll_s": t_enroll,
             "devices": len(nodes),
@@ -459,6 +467,7 @@ def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any])
         "rounds_completed": outcome.get("rounds_completed"),
         "stopped_reason": outcome.get("stopped_reason"),
         "final": outcome["final"],
+        "final_se": outcome.get("final_se", {}),
         "privacy": outcome.get("privacy", {"dp": cfg.dp}),
         "config": cfg.to_flat(),
     }

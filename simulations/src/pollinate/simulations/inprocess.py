@@ -30,7 +30,7 @@ from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
 from pollinate.server.aggregate import UpdateSum, update_norm
-from pollinate.server.evaluation import add_sums, finalize
+from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.federation import build_run_model, initial_global_state
 from pollinate.server.optimizers import make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
@@ -49,6 +49,8 @@ Arrays = dict[str, np.ndarray]
 class InProcessResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, float] = field(default_factory=dict)
+    #: Standard errors of ``final`` over the evaluated users (evaluation sampling only).
+    final_se: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -116,12 +118,15 @@ def run_inprocess(
             for k in local_names:
                 params[k].copy_(torch.from_numpy(private[u][k]))
 
-    def evaluate(part: str) -> dict[str, float]:
+    def evaluation_sums(part: str) -> list[dict[str, float]]:
         sums = []
         for u, dev in enumerate(devices):
             load(u)
             sums.append(evaluate_device(model, dev, part, private_refit=refit))
-        return finalize(cfg.task, add_sums(sums))
+        return sums
+
+    def evaluate(part: str) -> dict[str, float]:
+        return finalize(cfg.task, add_sums(evaluation_sums(part)))
 
     result = InProcessResult()
 
@@ -220,7 +225,9 @@ def run_inprocess(
             entry["private_norm_median"] = float(np.median(private_norms))
             entry["private_norm_max"] = max(private_norms)
         emit(entry)
-    result.final = evaluate("test")
+    final_parts = evaluation_sums("test")
+    result.final = finalize(cfg.task, add_sums(final_parts))
+    result.final_se = standard_errors(cfg.task, final_parts)
     if ledger is not None:
         result.privacy = privacy_summary(ledger_path, len(devices))
     if user is not None:
@@ -237,6 +244,7 @@ def run_inprocess(
         "task": cfg.task,
         "fold": cfg.fold,
         "final": result.final,
+        "final_se": result.final_se,
         "privacy": result.privacy,
         "history": result.history,
         "seconds": result.seconds,
