@@ -65,6 +65,26 @@ def test_federated_mf_learns_and_beats_the_untrained_model(rating_run: Path) -> 
     assert (rating_run / "global_params.npz").exists()
 
 
+def test_rescoring_the_run_directory_gives_the_reported_final_metrics(rating_run: Path) -> None:
+    """simulations/benchmarks/rescore_run.py rebuilds every device from the run directory
+    (devices never sampled included, q = 0.5) and gets exactly the final figures the
+    Flower run reported, with the same standard errors."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "simulations/benchmarks/rescore_run.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(rating_run)], capture_output=True, text=True, check=True
+    )
+    out = json.loads(done.stdout)
+    summary = json.loads((rating_run / "metrics.json").read_text())
+    assert out["devices"] == 120
+    for name, value in summary["final"].items():
+        assert out["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    for name, value in summary["final_se"].items():
+        assert out["se"][name] == pytest.approx(value, rel=1e-9), name
+
+
 def test_every_round_records_its_poisson_sample(rating_run: Path) -> None:
     history = [h for h in read_jsonl(rating_run / "metrics.jsonl") if h["round"] > 0]
     assert [h["round"] for h in history] == list(range(1, 7))

@@ -125,6 +125,16 @@ def _build(config: Mapping[str, Any], device: DeviceData) -> RecModel:
     return build_model(str(config["model"]), **kwargs)
 
 
+def fresh_model(config: Mapping[str, Any], device: DeviceData, partition: int) -> RecModel:
+    """The model of simulated device ``partition`` before anything is loaded into it: its
+    private parameters are those of a device that never trained, the same in every round
+    (seeded by the run seed and the partition)."""
+    with torch.random.fork_rng():
+        init = _generator(config, 0, partition, salt=2)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=init)))
+        return _build(config, device)
+
+
 def _simulated(context: Context) -> bool:
     return "partition-id" in context.node_config
 
@@ -140,11 +150,7 @@ def _prepare(
     partition = int(context.node_config["partition-id"])
     round_ = integer(config["round"], "round")
     gen = _generator(config, round_, partition, salt=int(evaluating))
-    with torch.random.fork_rng():
-        # Private parameters of a device that never trained: the same for every round.
-        init = _generator(config, 0, partition, salt=2)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=init)))
-        model = _build(config, device)
+    model = fresh_model(config, device, partition)
     model.load_global_state(record_to_arrays(message.content.array_records[GLOBAL_RECORD]))
     store = _state_store(config, context)
     # Training in round r starts from the state of an earlier round; evaluating after
