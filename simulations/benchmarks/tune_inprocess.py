@@ -27,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config key")
     parser.add_argument("--log-every", type=int, default=5, help="evaluate every N rounds")
+    parser.add_argument("--per-device", help="write each device's final test sums here (JSONL)")
     args, rest = parser.parse_known_args()
     values: dict[str, Any] = {
         "progress": False,
@@ -46,6 +47,10 @@ def main() -> None:
     result = run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True))
     last = {"test": result.final, "test_se": result.final_se, "seconds": round(result.seconds, 1)}
     print(json.dumps(last), flush=True)
+    if args.per_device:
+        with open(args.per_device, "w") as f:
+            for u, part in enumerate(result.final_parts):
+                f.write(json.dumps({"device": u, **part}) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.privacy.ledger import read_ledger, recompute
 from pollinate.simulations.inprocess import run_inprocess
@@ -45,6 +46,11 @@ def test_without_dp_it_learns_and_aggregates_every_sampled_device(tmp_path: Path
     assert all(0 < h["private_norm_median"] <= h["private_norm_max"] for h in evaluated)
     assert not (out / "ledger.jsonl").exists()
     assert json.loads((out / "inprocess.json").read_text())["final"] == result.final
+    # The final figures are the sums of the per-device parts it keeps, with their SEs.
+    assert len(result.final_parts) == 80
+    assert finalize("rating", add_sums(result.final_parts)) == result.final
+    assert result.final_se == standard_errors("rating", result.final_parts)
+    assert 0 < result.final_se["rmse"] < 0.2 * result.final["rmse"]
 
 
 def test_with_both_dp_layers_the_ledger_gives_back_every_epsilon(tmp_path: Path) -> None:

@@ -51,6 +51,8 @@ class InProcessResult:
     final: dict[str, float] = field(default_factory=dict)
     #: Standard errors of ``final`` over the evaluated users (evaluation sampling only).
     final_se: dict[str, float] = field(default_factory=dict)
+    #: Each device's final test sums, in device order (for paired comparisons of runs).
+    final_parts: list[dict[str, float]] = field(default_factory=list)
     privacy: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -228,6 +230,7 @@ def run_inprocess(
     final_parts = evaluation_sums("test")
     result.final = finalize(cfg.task, add_sums(final_parts))
     result.final_se = standard_errors(cfg.task, final_parts)
+    result.final_parts = final_parts
     if ledger is not None:
         result.privacy = privacy_summary(ledger_path, len(devices))
     if user is not None:
