@@ -50,6 +50,20 @@ def test_the_mean_weights_devices_equally() -> None:
         UpdateSum({"w": ((2,), "float64")}).mean()
 
 
+def test_a_weighted_mean_is_numpys_weighted_average() -> None:
+    rng = np.random.default_rng(0)
+    updates = rng.normal(size=(5, 3)).astype(np.float32)
+    weights = np.array([1.0, 7.0, 2.0, 30.0, 4.0])
+    total = UpdateSum({"w": ((3,), "float32")})
+    for u, w in zip(updates, weights, strict=True):
+        total.add({"w": u}, weight=float(w))
+    expected = np.average(updates.astype(np.float64), axis=0, weights=weights)
+    np.testing.assert_allclose(total.mean()["w"], expected, rtol=1e-6)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="weight"):
+            total.add({"w": updates[0]}, weight=bad)
+
+
 def test_the_running_sum_accumulates_in_float64_and_returns_the_spec_dtype() -> None:
     total = UpdateSum({"w": ((1,), "float32")})
     total.add({"w": np.array([1e4], dtype=np.float32)})

@@ -42,7 +42,7 @@ class FakeGrid:
         return out
 
 
-def update(scale: float, bad: str | None = None) -> Reply:
+def update(scale: float, bad: str | None = None, examples: int = 10) -> Reply:
     def build(msg: Message, params: dict[str, np.ndarray]) -> Message:
         upd = {k: np.full_like(v, scale) for k, v in params.items()}
         if bad == "nan":
@@ -51,7 +51,7 @@ def update(scale: float, bad: str | None = None) -> Reply:
             upd["item_bias.weight"] = np.zeros((3, 1), np.float32)
         if bad == "private":
             upd["user_factors.weight"] = np.zeros((1, 4), np.float32)
-        metrics = MetricRecord({"num-examples": 10, "train-loss": 1.0, "train-seconds": 0.1})
+        metrics = MetricRecord({"num-examples": examples, "train-loss": 1.0, "train-seconds": 0.1})
         content = RecordDict({"update": arrays_to_record(upd), "metrics": metrics})
         return Message(content, reply_to=msg)
 
@@ -62,9 +62,9 @@ def failing(msg: Message, params: dict[str, np.ndarray]) -> Message:
     return Message(Error(code=1, reason="device crashed"), reply_to=msg)
 
 
-def make_server(tmp_path: Path, grid: FakeGrid) -> Server:
+def make_server(tmp_path: Path, grid: FakeGrid, **extra: object) -> Server:
     cfg = FederationConfig.from_mapping(
-        {"embedding-dim": 4, "server-opt": "fedavg", "server-lr": 1.0, "out": str(tmp_path)}
+        {"embedding-dim": 4, "server-opt": "fedavg", "server-lr": 1.0, "out": str(tmp_path)} | extra
     )
     catalog = Catalog(n_items=6, item_genres=None, rating_scale=(1.0, 5.0))
     return Server(grid, cfg, catalog, n_devices=len(grid.behaviour))  # type: ignore[arg-type]
@@ -91,6 +91,20 @@ def test_only_valid_updates_are_aggregated_with_equal_weights(tmp_path: Path) ->
     # The run log's update norms are those of the two accepted updates, as received.
     size = sum(v.size for v in before.values())
     np.testing.assert_allclose(result.update_norms, [0.1 * np.sqrt(size), 0.3 * np.sqrt(size)])
+
+
+def test_example_weighting_weights_each_update_by_its_examples(tmp_path: Path) -> None:
+    """``--aggregation examples``: (0.1·10 + 0.3·30) / 40 = 0.25; an update that claims
+    no examples has nothing to weight by and is rejected."""
+    grid = FakeGrid(
+        {1: update(0.1, examples=10), 2: update(0.3, examples=30), 3: update(9.0, examples=0)}
+    )
+    server = make_server(tmp_path, grid, aggregation="examples")
+    before = {k: v.copy() for k, v in server.params.items()}
+    result = server.train_round(1, [1, 2, 3], JsonlWriter(tmp_path / "m.jsonl"))
+    assert (result.aggregated, result.rejected, result.examples) == (2, 1, 40)
+    for k, v in server.params.items():
+        np.testing.assert_allclose(v, before[k] + 0.25, rtol=1e-6)
 
 
 def test_a_round_where_every_reply_is_bad_leaves_the_model_unchanged(tmp_path: Path) -> None:

@@ -238,3 +238,13 @@ def test_config_requires_exactly_one_noise_setting_per_dp_layer() -> None:
         FederationConfig.from_mapping({"user-noise": 1.0})
     with pytest.raises(ConfigError, match="user-accountant rdp"):
         FederationConfig.from_mapping({"dp": "user", "user-noise": 0.1})
+
+
+def test_a_clipped_sum_refuses_weights() -> None:
+    """Under user-level DP every device counts once: a weight would break the bound."""
+    total = ClippedSum({"w": ((2,), "float64")}, clip=1.0)
+    total.add({"w": np.array([3.0, 4.0])})
+    with pytest.raises(ValueError, match="sensitivity bound"):
+        total.add({"w": np.array([3.0, 4.0])}, weight=2.0)
+    with pytest.raises(ConfigError, match="aggregation equal"):
+        FederationConfig.from_mapping({"dp": "user", "user-noise": 1.0, "aggregation": "examples"})

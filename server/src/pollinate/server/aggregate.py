@@ -1,8 +1,11 @@
 """Aggregation of device updates into one pseudo-gradient.
 
-Equal weights: every device's update counts once, whatever its example count. An
-example-weighted mean would let one heavy user dominate and, under user-level DP, break
-the sensitivity bound. Without DP the mean divides by the number of updates received.
+Equal weights by default: every device's update counts once, whatever its example count,
+and the mean divides by the number of updates received. Without user-level DP a run may
+weight each update by its device's example count instead (``--aggregation examples``,
+McMahan et al.'s FedAvg), which weights every interaction alike, as a centralized model
+does, and lets heavy users count for more; under user-level DP it is refused, since it
+would break the sensitivity bound (:class:`~pollinate.server.user_dp.ClippedSum`).
 
 Updates are added to a running float64 sum one at a time (:class:`UpdateSum`), so a
 round holds one dense update besides the sum, never all of them: at q = 0.2 on Amazon
@@ -40,19 +43,24 @@ class UpdateSum:
         self.spec = dict(spec)
         self.total = {n: np.zeros(shape, dtype=np.float64) for n, (shape, _) in spec.items()}
         self.count = 0
+        self.weight = 0.0
         self.norms: list[float] = []
 
-    def add(self, update: Mapping[str, np.ndarray]) -> None:
+    def add(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
+        """Add one update, counted ``weight`` times in the mean (1: equal weights)."""
+        if not (np.isfinite(weight) and weight > 0):
+            raise ValueError(f"an update's weight must be finite and positive, got {weight}")
         self.norms.append(update_norm({n: update[n] for n in self.total}))
-        self._accumulate(update)
+        self._accumulate(update, weight)
 
-    def _accumulate(self, update: Mapping[str, np.ndarray]) -> None:
+    def _accumulate(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
         for n, t in self.total.items():
-            t += update[n]
+            t += weight * np.asarray(update[n], dtype=np.float64) if weight != 1.0 else update[n]
         self.count += 1
+        self.weight += weight
 
     def mean(self) -> Arrays:
-        """The mean of the updates added, in the dtypes of ``spec``."""
+        """The weighted mean of the updates added, in the dtypes of ``spec``."""
         if self.count == 0:
             raise ValueError("cannot aggregate an empty list of updates")
-        return {n: (t / self.count).astype(self.spec[n][1]) for n, t in self.total.items()}
+        return {n: (t / self.weight).astype(self.spec[n][1]) for n, t in self.total.items()}

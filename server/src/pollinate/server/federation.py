@@ -241,11 +241,16 @@ class Server:
             if UPDATE_RECORD not in reply.content.array_records:
                 result.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
                 continue
-            total.add(record_to_arrays(reply.content.array_records[UPDATE_RECORD]))
+            examples = integer(metrics["num-examples"], "num-examples")
+            if self.cfg.aggregation == "examples" and examples < 1:
+                result.rejected += 1  # nothing to weight by: an update of no data
+                continue
+            weight = float(examples) if self.cfg.aggregation == "examples" else 1.0
+            total.add(record_to_arrays(reply.content.array_records[UPDATE_RECORD]), weight)
             result.aggregated += 1
             if "train-loss" in metrics:
                 result.losses.append(scalar(metrics["train-loss"], "train-loss"))
-            result.examples += integer(metrics["num-examples"], "num-examples")
+            result.examples += examples
             result.device_seconds += scalar(metrics["train-seconds"], "train-seconds")
         self.aggregate(round_, result, total)
         return result

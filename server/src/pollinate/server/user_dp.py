@@ -58,7 +58,12 @@ class ClippedSum(UpdateSum):
         super().__init__(spec)
         self.clip = clip
 
-    def add(self, update: Mapping[str, np.ndarray]) -> None:
+    def add(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
+        if weight != 1.0:
+            raise ValueError(
+                "user-level DP sums every clipped update once: a weight would break the "
+                "sensitivity bound (use --aggregation equal)"
+            )
         clipped, norm = clip_update({n: update[n] for n in self.total}, self.clip)
         self.norms.append(norm)
         self._accumulate(clipped)

@@ -150,6 +150,10 @@ class FederationConfig(BaseModel):
     sample_rate: float = Field(0.2, gt=0, le=1)
     server_opt: ServerOpt = "fedadagrad"
     server_lr: float | None = Field(None, gt=0)
+    #: How device updates are averaged: ``equal`` (each device once) or ``examples``
+    #: (weighted by the device's training examples, FedAvg's original weighting; refused
+    #: under user-level DP, whose sensitivity bound needs equal weights).
+    aggregation: Literal["equal", "examples"] = "equal"
     eval_every: int = Field(5, ge=0)
     eval_sample_rate: float = Field(0.2, gt=0, le=1)
     num_devices: int | None = Field(None, ge=1)
@@ -215,6 +219,11 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"--lr-encoder sets the rate of the interest model's encoder; {self.model!r} "
                 "has none: leave it unset"
+            )
+        if self.aggregation == "examples" and self.user_dp:
+            raise ValueError(
+                "--aggregation examples weights heavy users more, which breaks the user-level "
+                "sensitivity bound; use --aggregation equal with --dp user or both"
             )
         if self.dropout is not None and self.model != "interest":
             raise ValueError(

@@ -159,12 +159,14 @@ def run_inprocess(
                     diverged += 1  # as on Flower: the device fails, its state is kept
                     continue
                 update: Arrays | None = outcome.update
+                n_train = outcome.n_examples
                 losses.append(outcome.loss)
             else:
                 dp_out = train_device_dp(
                     model, devices[u], train_cfg, local_dp, histories[u], noise_gen
                 )
                 update = dp_out.update
+                n_train = dp_out.n_examples
                 eps_local.append(dp_out.epsilon)
                 if update is None:
                     stopped += int(dp_out.stopped)
@@ -189,7 +191,9 @@ def run_inprocess(
                     continue
             private[u] = {k: params[k].detach().numpy().copy() for k in local_names}
             assert update is not None
-            total.add(update)
+            if cfg.aggregation == "examples" and n_train < 1:
+                continue
+            total.add(update, float(n_train) if cfg.aggregation == "examples" else 1.0)
         entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
         if diverged:
             entry["failed"] = diverged

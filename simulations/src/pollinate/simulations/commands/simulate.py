@@ -62,6 +62,13 @@ def simulate(
     server_lr: Annotated[
         float | None, typer.Option(help="Server learning rate (default per optimizer)")
     ] = None,
+    aggregation: Annotated[
+        str | None,
+        typer.Option(
+            help="equal (default: each device once) or examples (weighted by training "
+            "examples; not with user-level DP)"
+        ),
+    ] = None,
     embedding_dim: Annotated[int | None, typer.Option(help="Latent dimension")] = None,
     learn_global_mean: Annotated[
         bool | None,
