@@ -249,3 +249,34 @@ def test_the_dropout_reaches_the_device_and_server_models(ranking: DeviceIndex) 
         for model in (_build(device_cfg, device), server):
             rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
             assert rates == {expected}, (dropout, rates)
+
+
+def test_dropout_masks_come_from_the_device_generator(ranking: DeviceIndex) -> None:
+    """A round with dropout is reproducible from the device's generator whatever state
+    torch's global RNG is in (torch seeds it at random per process), and it leaves that
+    state as it found it."""
+    device = ranking.device(3)
+    cfg = LocalTrainConfig("softmax", 0.0, 7, 2, 8, 0.05, 0.05, 5)
+
+    def round_with_dropout(global_seed: int, device_seed: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(global_seed)
+        model = build_model(
+            "interest",
+            n_users=1,
+            n_items=device.data.n_items,
+            item_genres=device.data.item_genres,
+            dim=4,
+            history_len=5,
+            dropout=0.5,
+            generator=torch.Generator().manual_seed(0),
+        )
+        state = torch.get_rng_state()
+        out = train_device(model, device, cfg, torch.Generator().manual_seed(device_seed))
+        assert torch.equal(torch.get_rng_state(), state)
+        return out.update
+
+    first, second = round_with_dropout(1, 7), round_with_dropout(2, 7)
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    other = round_with_dropout(1, 8)  # another device generator: other masks and batches
+    assert any(not np.array_equal(other[k], first[k]) for k in first)

@@ -96,7 +96,7 @@ import torch
 from torch import nn
 
 from pollinate.client.device_data import DeviceData
-from pollinate.client.training import LocalTrainConfig, local_optimizer
+from pollinate.client.training import LocalTrainConfig, local_optimizer, seeded_global_rng
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel
 from pollinate.shared.privacy.accounting import local_epsilon
@@ -411,7 +411,7 @@ def train_device_dp(
     before = model.global_state()
     optimizer = local_optimizer(model, cfg)
     model.train()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), seeded_global_rng(generator):
         # Opacus's full backward hooks fire on modules whose inputs need no gradient
         # (embedding lookups): expected, and harmless here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")

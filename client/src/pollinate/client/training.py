@@ -14,6 +14,8 @@ to the global parameters. The private parameters stay on the device.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +132,22 @@ def local_optimizer(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optim
     )
 
 
+@contextmanager
+def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
+    """Seed torch's global RNG from the device's generator for one round of training.
+
+    Dropout draws its masks from the global RNG, which torch seeds at random in every
+    process: without this, an ``interest`` run (in process or on Flower, where a device
+    may train in any worker) was not reproducible from its seed, and a resumed run could
+    not equal an uninterrupted one. The previous global state is restored afterwards.
+    Only non-private randomness is drawn here: local DP noise has its own generator.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     update: dict[str, np.ndarray]
@@ -156,18 +174,19 @@ def train_device(
     encoder = [params[k] for k in model.encoder_parameter_names()]
     model.train()
     total, count = 0.0, 0
-    for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, cfg.batch_size):
-            batch = take(examples, order[start : start + cfg.batch_size])
-            losses = loss_fn(model, batch, generator)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            if cfg.encoder_max_grad_norm is not None and encoder:
-                torch.nn.utils.clip_grad_norm_(encoder, cfg.encoder_max_grad_norm)
-            opt.step()
-            total += float(losses.detach().sum())
-            count += len(losses)
+    with seeded_global_rng(generator):
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, cfg.batch_size):
+                batch = take(examples, order[start : start + cfg.batch_size])
+                losses = loss_fn(model, batch, generator)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                if cfg.encoder_max_grad_norm is not None and encoder:
+                    torch.nn.utils.clip_grad_norm_(encoder, cfg.encoder_max_grad_norm)
+                opt.step()
+                total += float(losses.detach().sum())
+                count += len(losses)
     after = model.global_state()
     update = {k: after[k] - before[k] for k in before}
     check_finite(model, update)
