@@ -26,7 +26,7 @@ def ranking() -> DeviceIndex:
     )
 
 
-def interest_for(device: DeviceData) -> RecModel:
+def interest_for(device: DeviceData, dropout: float = 0.0) -> RecModel:
     return build_model(
         "interest",
         n_users=1,
@@ -34,9 +34,20 @@ def interest_for(device: DeviceData) -> RecModel:
         item_genres=device.data.item_genres,
         dim=4,
         history_len=5,
-        dropout=0.0,
+        dropout=dropout,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def spread_private(model: RecModel) -> dict[str, torch.Tensor]:
+    """Set the private parameters to values in [-1, 1] (far from their small initial
+    ones, so a decay shows); return copies of them."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in model.local_parameter_names():
+            values = torch.linspace(-1.0, 1.0, params[name].numel())
+            params[name].copy_(values.view_as(params[name]))
+    return {k: params[k].detach().clone() for k in model.local_parameter_names()}
 
 
 def one_step(device: DeviceData, **kw: Any) -> dict[str, np.ndarray]:
@@ -145,13 +156,15 @@ def test_adam_encoder_steps_the_encoder_with_adam_and_the_rest_with_sgd(
     sgd = one_step(device, lr_encoder=0.01)
     encoder = set(interest_for(device).encoder_parameter_names())
     assert encoder and set(mixed) == set(sgd)
+    checked = 0
     for name, step in mixed.items():
         if name in encoder:
             moved = np.abs(step[np.abs(sgd[name]) > 1e-6])
-            if moved.size:
-                np.testing.assert_allclose(moved, 0.01, rtol=1e-3, atol=2e-7, err_msg=name)
+            np.testing.assert_allclose(moved, 0.01, rtol=1e-3, atol=2e-7, err_msg=name)
+            checked += moved.size
         else:
             np.testing.assert_allclose(step, sgd[name], rtol=1e-6, atol=1e-9, err_msg=name)
+    assert checked > 0, "no encoder weight moved: the Adam half of the test would prove nothing"
     rows_moved = [k for k in mixed if k not in encoder and np.abs(mixed[k]).max() > 1e-4]
     assert rows_moved, "no item row moved: the SGD half of the test would prove nothing"
 
@@ -169,10 +182,7 @@ def test_adam_encoder_keeps_the_private_decay(ranking: DeviceIndex) -> None:
     ):
         model = interest_for(device)
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name in model.local_parameter_names():
-                values = torch.linspace(-1.0, 1.0, params[name].numel())
-                params[name].copy_(values.view_as(params[name]))
+        spread_private(model)
         train_device(model, device, cfg, torch.Generator().manual_seed(0))
         finals.append({k: params[k].detach().clone() for k in model.local_parameter_names()})
     for name in finals[0]:
@@ -201,11 +211,7 @@ def test_the_private_decay_shrinks_the_private_parameters_and_nothing_else(
     for decay in (0.0, 0.5):
         model = interest_for(device)
         params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name in model.local_parameter_names():
-                values = torch.linspace(-1.0, 1.0, params[name].numel())
-                params[name].copy_(values.view_as(params[name]))
-        start = {k: params[k].detach().clone() for k in model.local_parameter_names()}
+        start = spread_private(model)
         step_cfg = LocalTrainConfig(**{**cfg.__dict__, "private_weight_decay": decay})
         out = train_device(model, device, step_cfg, torch.Generator().manual_seed(0))
         after = {k: params[k].detach().clone() for k in model.local_parameter_names()}
@@ -260,16 +266,7 @@ def test_dropout_masks_come_from_the_device_generator(ranking: DeviceIndex) -> N
 
     def round_with_dropout(global_seed: int, device_seed: int) -> dict[str, np.ndarray]:
         torch.manual_seed(global_seed)
-        model = build_model(
-            "interest",
-            n_users=1,
-            n_items=device.data.n_items,
-            item_genres=device.data.item_genres,
-            dim=4,
-            history_len=5,
-            dropout=0.5,
-            generator=torch.Generator().manual_seed(0),
-        )
+        model = interest_for(device, dropout=0.5)
         state = torch.get_rng_state()
         out = train_device(model, device, cfg, torch.Generator().manual_seed(device_seed))
         assert torch.equal(torch.get_rng_state(), state)

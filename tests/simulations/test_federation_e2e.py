@@ -67,8 +67,9 @@ def test_federated_mf_learns_and_beats_the_untrained_model(rating_run: Path) -> 
 
 def test_rescoring_the_run_directory_gives_the_reported_final_metrics(rating_run: Path) -> None:
     """simulations/benchmarks/rescore_run.py rebuilds every device from the run directory
-    (devices never sampled included, q = 0.5) and gets exactly the final figures the
-    Flower run reported, with the same standard errors."""
+    and gets exactly the final figures the Flower run reported, with the same standard
+    errors. (With this seed every device trained at least once in six rounds, so the
+    never-trained path, ``fresh_model``, is exercised by the ClientApp tests only.)"""
     import subprocess
     import sys
 

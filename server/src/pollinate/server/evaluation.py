@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from pollinate.shared.metrics import ranking_metrics_from_sums, rating_metrics
 
-#: Metrics given a standard error: the accuracy means of the ranking task at the
-#: reported cutoffs, and the rating errors.
+#: Ranking metrics given a standard error: the accuracy means at the reported cutoffs
+#: (rating errors get theirs in :func:`standard_errors`).
 RANKING_SE_METRICS = tuple(f"{m}@{k}" for k in (10, 20) for m in ("hr", "recall", "ndcg", "mrr"))
 
 
