@@ -1,6 +1,7 @@
 """Evaluate a finished simulation's run directory again, with standard errors.
 
     python simulations/benchmarks/rescore_run.py RUN_DIR [--part test] [--per-device FILE]
+        [--private-scale S]
 
 It rebuilds every simulated device from the run's ``config.json``, loads the run's final
 global parameters (``global_params.npz``) and each device's latest private parameters
@@ -10,6 +11,10 @@ It prints the metrics, which must equal the run's ``metrics.json`` (a check of t
 directory), and their standard errors over users (:func:`standard_errors`), which runs
 made before the server reported them lack. ``--per-device`` writes each device's metric
 sums (JSON lines), for a paired comparison of two runs on the same users.
+``--private-scale S`` multiplies each device's private vector (``user_interest`` or
+``user_factors``) by S first: 0 removes it and measures what the global parameters carry
+alone (``pollinate.simulations.centralized.rescore_centralized`` does the same for a
+centralized run).
 
 It needs the run's device stores on disk (``device-state-dir`` set, as ``pollinate
 simulate`` does by default); private state kept in Flower's node state is gone with the run.
@@ -40,6 +45,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--part", choices=("valid", "test"), default="test")
     parser.add_argument("--per-device", type=Path, help="write each device's sums here")
+    parser.add_argument(
+        "--private-scale", type=float, default=1.0, help="multiply the private vector by this"
+    )
     args = parser.parse_args()
     run: Path = args.run_dir
     cfg = FederationConfig.from_mapping(json.loads((run / "config.json").read_text()))
@@ -52,17 +60,24 @@ def main() -> None:
         glob = {k: saved[k] for k in saved.files}
     flat = cfg.to_flat()
     refit = private_refit(flat)
+    if refit is not None and args.private_scale != 1.0:
+        sys.exit(
+            f"{run}: this run refits the private parameters before it evaluates, which "
+            "would undo --private-scale; leave it at 1"
+        )
     parts: list[dict[str, float]] = []
     for u in range(index.n_devices):
         device = index.device(u)
         model = fresh_model(flat, device, u)
         model.load_global_state(glob)
         private = DiskStateStore(Path(cfg.device_state_dir), f"device-{u}").load(2**31)
-        if private is not None:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for k, v in private.items():
-                    params[k].copy_(torch.as_tensor(v))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for k, v in (private or {}).items():
+                params[k].copy_(torch.as_tensor(v))
+            for k, p in params.items():
+                if k.startswith(model.LOCAL_PREFIXES[0]):
+                    p.mul_(args.private_scale)
         parts.append(evaluate_device(model, device, args.part, private_refit=refit))
     if args.per_device is not None:
         with args.per_device.open("w") as f:
@@ -71,6 +86,7 @@ def main() -> None:
     out = {
         "run": str(run),
         "part": args.part,
+        "private_scale": args.private_scale,
         "devices": len(parts),
         "metrics": finalize(cfg.task, add_sums(parts)),
         "se": standard_errors(cfg.task, parts),

@@ -128,3 +128,16 @@ def test_ranking_references_wait_six_epochs_before_stopping(model: str) -> None:
     assert hp.patience == 6
     hp, _ = make_config(dataset="ml-100k", model=model, task="ranking", patience=3).hyper_params()
     assert hp.patience == 3
+
+
+def test_the_saved_model_rescores_to_the_reported_metrics(tmp_path: Path) -> None:
+    config = make_config(
+        dataset="synthetic", model="interest", task="ranking", epochs=2, dim=8,
+        history_len=5, loss="sampled_softmax", n_negatives=20, out=tmp_path,
+    )  # fmt: skip
+    report = run_centralized(config, progress=False)
+    with np.load(tmp_path / central.MODEL_FILE) as saved:
+        assert "user_interest.weight" in saved.files and "item_emb.weight" in saved.files
+    assert central.rescore_centralized(tmp_path) == pytest.approx(report["final"], abs=1e-12)
+    # Without the private vectors the model scores differently: the vectors carry signal.
+    assert central.rescore_centralized(tmp_path, private_scale=0.0) != report["final"]

@@ -84,6 +84,14 @@ def test_rescoring_the_run_directory_gives_the_reported_final_metrics(rating_run
         assert out["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
     for name, value in summary["final_se"].items():
         assert out["se"][name] == pytest.approx(value, rel=1e-9), name
+    # Without the devices' private vectors the same global tables score differently.
+    done = subprocess.run(
+        [sys.executable, str(script), str(rating_run), "--private-scale", "0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    alone = json.loads(done.stdout)
+    assert alone["private_scale"] == 0.0
+    assert alone["metrics"]["rmse"] != pytest.approx(summary["final"]["rmse"], rel=1e-6)
 
 
 def test_every_round_records_its_poisson_sample(rating_run: Path) -> None:

@@ -8,7 +8,9 @@ pydantic model validated once; hyper-parameters left unset take the tuned defaul
 Training early-stops on the validation rows (patience, best weights restored). With
 ``refit`` (the default), a fresh model is then trained on training +
 validation rows for the best number of epochs, and that model is tested; the report
-keeps the early-stopped model's test metrics too (``final_early_stopped``).
+keeps the early-stopped model's test metrics too (``final_early_stopped``). The tested
+model's weights go to ``OUT/model.npz``; :func:`rescore_centralized` tests them again,
+optionally with the users' private vectors scaled (0 removes them).
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ _BASE: dict[str, Any] = {
 #: 0), while with 6 seed 1 ran to epoch 26 (best 20) and tested 0.1345 against 0.0848
 #: (simulations/benchmarks/RESULTS.md, eighth session).
 RANKING_PATIENCE = 6
+
+#: The trained (tested) model's weights in a run directory, one array per parameter.
+MODEL_FILE = "model.npz"
 
 #: Generic defaults by (model, task).
 GENERIC_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
@@ -424,7 +429,8 @@ def run_centralized(config: CentralizedConfig, progress: bool = True) -> dict[st
         early = trainer.test(model)
         if hp.refit:
             torch.manual_seed(config.seed)
-            final = trainer.test(trainer.refit(max(result.best_epoch, 1), bar))
+            model = trainer.refit(max(result.best_epoch, 1), bar)
+            final = trainer.test(model)
         else:
             final = early
     resolved = config.model_dump(mode="json") | hp.model_dump() | {"defaults_from": source}
@@ -445,5 +451,36 @@ def run_centralized(config: CentralizedConfig, progress: bool = True) -> dict[st
     }
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        np.savez(config.out / MODEL_FILE, **weights)
         (config.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def rescore_centralized(out: Path, private_scale: float = 1.0) -> dict[str, float]:
+    """Test the model a centralized run saved in ``out`` again.
+
+    With ``private_scale`` the user's private vector (``user_interest`` or
+    ``user_factors``, the parameters a device would keep) is first multiplied by it;
+    0 removes it, which measures how much of the score the shared parameters carry.
+    """
+    report = json.loads((out / "metrics.json").read_text())
+    resolved = report["config"]
+    config = make_config(
+        **{k: resolved[k] for k in CentralizedConfig.model_fields if k in resolved}
+    )
+    hp, _ = config.hyper_params()
+    data = load_data(config)
+    prepared = prepare_task(data, config.task, config.fold, config.seed)
+    trainer = _Trainer(config, hp, prepared.data, prepared.split)
+    model = trainer.new_model(prepared.split.train)
+    with np.load(out / MODEL_FILE) as saved:
+        state = {k: torch.as_tensor(saved[k]) for k in saved.files}
+    model.load_state_dict(state)
+    private = model.LOCAL_PREFIXES[0]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(private):
+                param.mul_(private_scale)
+    with _torch_threads(config.threads):
+        return trainer.test(model)
