@@ -117,6 +117,25 @@ def test_small_devices_get_rate_one_half_and_steps_cover_the_epochs() -> None:
     assert plan.allowed and plan.epsilon_before == 0.0 and plan.epsilon_after > 0
 
 
+def test_a_step_cap_shortens_the_round_and_is_what_is_accounted() -> None:
+    full = plan_local_round(100, 32, 5, dp_config(), [])
+    capped = plan_local_round(100, 32, 5, dp_config(), [], max_steps=6)
+    assert full.steps == 5 * 4 and capped.steps == 6
+    assert capped.sample_rate == full.sample_rate
+    assert capped.epsilon_after == pytest.approx(
+        continuous_epsilon([(1.0, capped.sample_rate, 6)], capped.delta), rel=1e-9
+    )
+    assert capped.epsilon_after < full.epsilon_after
+    # Calibrated to a target, the noise is set for the capped lifetime (fewer steps,
+    # less noise for the same ε).
+    target = {"noise_multiplier": None, "target_epsilon": 4.0}
+    z_full = plan_local_round(100, 32, 5, dp_config(**target), []).noise_multiplier
+    z_capped = plan_local_round(100, 32, 5, dp_config(**target), [], max_steps=6)
+    assert z_capped.noise_multiplier < z_full
+    lifetime = [(z_capped.noise_multiplier, z_capped.sample_rate, 6)] * 10  # planned_rounds
+    assert continuous_epsilon(lifetime, z_capped.delta) == pytest.approx(4.0, rel=0.01)
+
+
 def test_default_delta_is_below_one_over_n() -> None:
     assert default_local_delta(10) == 1e-5
     assert default_local_delta(1_000_000) == pytest.approx(1e-7)

@@ -3,15 +3,17 @@ device optimizer."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from pollinate.client import training
 from pollinate.client.app import train_config
 from pollinate.client.device_data import DeviceData, DeviceIndex
-from pollinate.client.training import LocalTrainConfig, sgd_groups, train_device
+from pollinate.client.training import LocalTrainConfig, local_steps, sgd_groups, train_device
 from pollinate.server.federation import DEVICE_KEYS
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import ConfigError
@@ -277,3 +279,61 @@ def test_dropout_masks_come_from_the_device_generator(ranking: DeviceIndex) -> N
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
     other = round_with_dropout(1, 8)  # another device generator: other masks and batches
     assert any(not np.array_equal(other[k], first[k]) for k in first)
+
+
+def test_local_steps_counts_batches_over_epochs_up_to_the_cap() -> None:
+    assert local_steps(100, 32, 5, None) == 5 * 4  # ceil(100 / 32) = 4 batches an epoch
+    assert local_steps(100, 32, 5, 7) == 7
+    assert local_steps(100, 32, 5, 50) == 20  # a cap above the full count changes nothing
+    assert local_steps(0, 32, 5, 3) == 0
+
+
+def test_the_step_cap_ends_the_round_after_that_many_optimizer_steps(
+    ranking: DeviceIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = max(
+        (ranking.device(u) for u in range(ranking.n_devices)), key=lambda d: len(d.split.train)
+    )
+    n = len(device.split.train)
+    assert n > 8  # four batches of 2 or more an epoch
+    steps = [0]
+    real = training.local_optimizer
+
+    def counting(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optimizer:
+        opt = real(model, cfg)
+        opt.register_step_post_hook(lambda *_: steps.__setitem__(0, steps[0] + 1))
+        return opt
+
+    monkeypatch.setattr(training, "local_optimizer", counting)
+
+    def run(max_steps: int | None) -> dict[str, np.ndarray]:
+        steps[0] = 0
+        cfg = LocalTrainConfig(
+            loss="softmax", reg=0.0, negatives=7, epochs=3, batch_size=n // 4, lr_global=0.05,
+            lr_local=0.05, history_len=5, max_steps=max_steps,
+        )  # fmt: skip
+        gen = torch.Generator().manual_seed(0)
+        return train_device(interest_for(device), device, cfg, gen).update
+
+    uncapped = run(None)
+    assert steps[0] == 3 * math.ceil(n / (n // 4))
+    capped = run(6)
+    assert steps[0] == 6  # stops inside the second epoch
+    assert any(not np.allclose(capped[k], uncapped[k]) for k in uncapped)
+    # A cap at or above the full count is exactly the uncapped round (same draws).
+    same = run(1000)
+    for k in uncapped:
+        np.testing.assert_array_equal(same[k], uncapped[k])
+
+
+def test_the_step_cap_reaches_the_device_from_the_run_config() -> None:
+    assert "max-local-steps" in DEVICE_KEYS
+    cfg = FederationConfig.from_mapping(
+        {"task": "ranking", "model": "interest", "max-local-steps": 25}
+    )
+    flat = cfg.model_dump(by_alias=True)
+    device_cfg = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    assert train_config(device_cfg).max_steps == 25
+    assert train_config({**device_cfg, "max-local-steps": None}).max_steps is None
+    with pytest.raises(ConfigError, match=r"max.local.steps"):
+        FederationConfig.from_mapping({"max-local-steps": 0})

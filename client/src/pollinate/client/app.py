@@ -176,6 +176,7 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
         reg=float(config["weight-decay"]),
         negatives=int(config["negatives"]),
         epochs=int(config["local-epochs"]),
+        max_steps=_optional_int(config, "max-local-steps"),
         batch_size=int(config["batch-size"]),
         lr_global=float(config["lr-global"]),
         lr_local=float(config["lr-local"]),
@@ -191,6 +192,11 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
 def private_refit(config: Mapping[str, Any]) -> float | None:
     """The L2 weight of the closed-form private refit, or ``None`` when it is off."""
     return float(config["refit-reg"]) if config.get("private-refit") else None
+
+
+def _optional_int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    return None if value is None else int(value)
 
 
 def _optional_float(config: Mapping[str, Any], key: str) -> float | None:

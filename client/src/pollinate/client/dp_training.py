@@ -38,7 +38,7 @@ Choices, and why:
   calibrated noise per epoch, z/√q, comes out 2–15% above the full batch's (ε = 8 over
   30 rounds: 3.7 against 3.5), since for the Gaussian mechanism subsampling mostly
   trades steps for noise. ``steps = epochs·⌈1/q⌉`` covers every example ``epochs``
-  times in expectation.
+  times in expectation; ``--max-local-steps`` caps it, and the cap is what is accounted.
 * Poisson sampling gives empty batches (often, on a device with a handful of
   examples). An empty batch is still a DP step: it is accounted, and the optimizer adds
   the same noise to a zero clipped sum. No forward pass is run for it; its per-example
@@ -286,8 +286,14 @@ def plan_local_round(
     epochs: int,
     dp: LocalDPConfig,
     history: Sequence[tuple[float, float, int]],
+    max_steps: int | None = None,
 ) -> LocalRoundPlan:
-    """Plan a device round from its accountant ``history`` (see :class:`LocalRoundPlan`)."""
+    """Plan a device round from its accountant ``history`` (see :class:`LocalRoundPlan`).
+
+    ``max_steps`` caps the round's steps (``--max-local-steps``); the plan, the noise
+    calibration and the history all use the capped count, so ε is that of the steps
+    actually taken.
+    """
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     delta = dp.delta if dp.delta is not None else default_local_delta(n_train)
@@ -297,6 +303,8 @@ def plan_local_round(
         return LocalRoundPlan(0.0, 0, z, delta, eps_before, eps_before, allowed=False)
     q = local_sample_rate(n_train, batch_size)
     steps = epochs * math.ceil(1 / q)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     if dp.noise_multiplier is not None:
         z = float(dp.noise_multiplier)
     else:
@@ -395,7 +403,7 @@ def train_device_dp(
         device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)
     )
     n = n_examples(examples)
-    plan = plan_local_round(n, cfg.batch_size, cfg.epochs, dp, history)
+    plan = plan_local_round(n, cfg.batch_size, cfg.epochs, dp, history, cfg.max_steps)
     if not plan.allowed:
         return DPTrainOutcome(
             update=None,

@@ -13,6 +13,7 @@ to the global parameters. The private parameters stay on the device.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,9 @@ class LocalTrainConfig:
     lr_global: float
     lr_local: float
     history_len: int
+    #: Most optimizer steps in the round (``None``: ``epochs`` full epochs); the round
+    #: ends after this many steps even inside an epoch.
+    max_steps: int | None = None
     #: L2 weight of the private refit before local SGD (``None``: no refit).
     private_refit: float | None = None
     #: Rate of the global parameters every example uses (a sequence encoder's dense
@@ -148,6 +152,13 @@ def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
         yield
 
 
+def local_steps(n: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
+    """Optimizer steps of a round: ``epochs`` passes of ``⌈n / batch_size⌉`` batches,
+    at most ``max_steps``."""
+    full = epochs * math.ceil(n / batch_size) if n > 0 else 0
+    return full if max_steps is None else min(full, max_steps)
+
+
 @dataclass(frozen=True)
 class TrainOutcome:
     update: dict[str, np.ndarray]
@@ -174,10 +185,16 @@ def train_device(
     encoder = [params[k] for k in model.encoder_parameter_names()]
     model.train()
     total, count = 0.0, 0
+    steps_left = local_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps)
     with seeded_global_rng(generator):
         for _ in range(cfg.epochs):
+            if steps_left == 0:
+                break
             order = torch.randperm(n, generator=generator)
             for start in range(0, n, cfg.batch_size):
+                if steps_left == 0:
+                    break
+                steps_left -= 1
                 batch = take(examples, order[start : start + cfg.batch_size])
                 losses = loss_fn(model, batch, generator)
                 opt.zero_grad(set_to_none=True)

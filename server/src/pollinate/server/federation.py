@@ -52,7 +52,8 @@ Arrays = dict[str, np.ndarray]
 #: Keys of the run config that devices need; everything else stays on the server.
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
-    "embedding-dim", "learn-global-mean", "history-len", "dropout", "local-epochs", "batch-size",
+    "embedding-dim", "learn-global-mean", "history-len", "dropout", "local-epochs",
+    "max-local-steps", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
     "refit-reg", "encoder-max-grad-norm", "device-optimizer", "private-weight-decay",
     "seed", "device-state-dir",

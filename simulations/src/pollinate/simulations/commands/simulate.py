@@ -58,6 +58,10 @@ def simulate(
         float | None, typer.Option(help="Poisson sampling rate q of devices per round")
     ] = None,
     local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round")] = None,
+    max_local_steps: Annotated[
+        int | None,
+        typer.Option(help="Most device steps per round (caps heavy users; default: no cap)"),
+    ] = None,
     server_opt: Annotated[str | None, typer.Option(help="fedavg, fedadam or fedadagrad")] = None,
     server_lr: Annotated[
         float | None, typer.Option(help="Server learning rate (default per optimizer)")

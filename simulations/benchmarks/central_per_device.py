@@ -1,0 +1,93 @@
+"""Evaluate a centralized model through the federated devices, user by user.
+
+    python simulations/benchmarks/central_per_device.py CENTRAL_OUT RUN_DIR \
+        [--part test] [--per-device FILE] [--private-scale S]
+
+``CENTRAL_OUT`` is a ``pollinate centralized --out`` directory (``model.npz``); RUN_DIR
+a federated run directory of the same dataset, task and architecture (its
+``config.json`` defines the devices). Every device gets the centralized model's global
+parameters and its own user's rows of the private parameters, and evaluates exactly as
+a federated device does. The totals must equal the centralized run's own test figures
+(a check that the two evaluations agree), and ``--per-device`` writes the same per-user
+sums as ``rescore_run.py --per-device``, so that ``paired.py`` compares the federated
+and the centralized model on the same users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pollinate.client.app import fresh_model
+from pollinate.client.device_data import DeviceIndex
+from pollinate.client.evaluation import evaluate_device
+from pollinate.server.evaluation import add_sums, finalize, standard_errors
+from pollinate.shared.config import FederationConfig
+from pollinate.shared.tasks import load_task_for
+from pollinate.shared.threads import use_one_thread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("central", type=Path)
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--part", choices=("valid", "test"), default="test")
+    parser.add_argument("--per-device", type=Path, help="write each device's sums here")
+    parser.add_argument("--private-scale", type=float, default=1.0)
+    args = parser.parse_args()
+    cfg = FederationConfig.from_mapping(json.loads((args.run_dir / "config.json").read_text()))
+    use_one_thread()
+    task = load_task_for(cfg)
+    index = DeviceIndex(task)
+    with np.load(args.central / "model.npz") as saved:
+        weights = {k: saved[k] for k in saved.files}
+    flat = cfg.to_flat()
+    parts: list[dict[str, float]] = []
+    for u in range(index.n_devices):
+        device = index.device(u)
+        model = fresh_model(flat, device, u)
+        params = dict(model.named_parameters())
+        missing = set(params) - set(weights)
+        if missing:
+            sys.exit(f"{args.central}: model.npz lacks {sorted(missing)}; not the same model")
+        private = model.local_parameter_names()
+        with torch.no_grad():
+            for name, param in params.items():
+                value = torch.as_tensor(weights[name])
+                if name in private:
+                    value = value[u : u + 1]
+                    if name.startswith(model.LOCAL_PREFIXES[0]):
+                        value = value * args.private_scale
+                if value.shape != param.shape:
+                    sys.exit(
+                        f"{name}: the centralized model has shape {tuple(value.shape)}, the "
+                        f"run's devices {tuple(param.shape)}; use a run of the same "
+                        "architecture (embedding-dim, history-len)"
+                    )
+                param.copy_(value)
+        parts.append(evaluate_device(model, device, args.part))
+    if args.per_device is not None:
+        with args.per_device.open("w") as f:
+            for u, part in enumerate(parts):
+                f.write(json.dumps({"device": u, **part}) + "\n")
+    out = {
+        "central": str(args.central),
+        "part": args.part,
+        "private_scale": args.private_scale,
+        "devices": len(parts),
+        "metrics": finalize(cfg.task, add_sums(parts)),
+        "se": standard_errors(cfg.task, parts),
+    }
+    report = json.loads((args.central / "metrics.json").read_text())
+    if args.part == "test":
+        out["reported"] = report.get("final")
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
