@@ -141,3 +141,34 @@ def test_the_saved_model_rescores_to_the_reported_metrics(tmp_path: Path) -> Non
     assert central.rescore_centralized(tmp_path) == pytest.approx(report["final"], abs=1e-12)
     # Without the private vectors the model scores differently: the vectors carry signal.
     assert central.rescore_centralized(tmp_path, private_scale=0.0) != report["final"]
+
+
+def test_the_centralized_model_scores_the_same_through_the_devices(tmp_path: Path) -> None:
+    """central_per_device.py evaluates the centralized model as federated devices do; it
+    must get the centralized run's own test figures, or paired comparisons between the
+    two would compare evaluations instead of models."""
+    import subprocess
+    import sys
+
+    central_out = tmp_path / "central"
+    config = make_config(
+        dataset="synthetic", model="interest", task="ranking", epochs=1, dim=8,
+        history_len=5, loss="sampled_softmax", n_negatives=20, refit=False, out=central_out,
+    )  # fmt: skip
+    report = run_centralized(config, progress=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    fed = {"dataset": "synthetic", "task": "ranking", "model": "interest",
+           "embedding-dim": 8, "history-len": 5}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(fed))
+    script = Path(__file__).resolve().parents[2] / "simulations/benchmarks/central_per_device.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(central_out), str(run), "--per-device",
+         str(tmp_path / "per.jsonl")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    out = json.loads(done.stdout)
+    for name in ("hr@10", "ndcg@10", "recall@20", "mrr@10"):
+        assert out["metrics"][name] == pytest.approx(report["final"][name], rel=1e-9), name
+    rows = (tmp_path / "per.jsonl").read_text().splitlines()
+    assert len(rows) == out["devices"] == report["n_users"]
