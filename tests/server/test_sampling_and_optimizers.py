@@ -12,6 +12,7 @@ from pollinate.server.checkpoint import (
 )
 from pollinate.server.optimizers import FedAdagrad, FedAdam, FedAvg, make_server_optimizer
 from pollinate.server.sampling import poisson_sample
+from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import ConfigError
 
 
@@ -92,6 +93,25 @@ def test_fedadagrad_matches_a_hand_computation() -> None:
     # m = d (beta1 = 0); v = tau^2 + d^2; x = 0.1 * d / (sqrt(v) + tau)
     v = 1e-6 + np.array([1.0, 4.0])
     np.testing.assert_allclose(x["w"], 0.1 * np.array([1.0, -2.0]) / (np.sqrt(v) + 1e-3))
+
+
+def test_tau_damps_small_mean_updates_and_reaches_the_optimizer_from_the_config() -> None:
+    # A coordinate whose mean update is small against tau moves far less than lr in the
+    # first round: d = 2.7e-4 (ML-100K's rarest items) moves 0.13 lr at tau = 1e-3 and
+    # 0.96 lr at tau = 1e-5; d = 1.3e-3 (the most popular) 0.49 lr and 0.99 lr.
+    d = {"w": np.array([2.7e-4, 1.3e-3])}
+    expected = {1e-3: [0.1326, 0.4924], 1e-5: [0.9636, 0.9923]}
+    for tau, share in expected.items():
+        step = make_server_optimizer("fedadagrad", 0.03, tau).step({"w": np.zeros(2)}, d)["w"]
+        v = tau**2 + d["w"] ** 2
+        np.testing.assert_allclose(step, 0.03 * d["w"] / (np.sqrt(v) + tau))
+        np.testing.assert_allclose(step / 0.03, share, rtol=1e-3)
+    adam = make_server_optimizer("fedadam", 0.01, 1e-4)
+    assert isinstance(adam, FedAdam) and adam.tau == 1e-4
+    assert FederationConfig.from_mapping({"server-tau": 1e-5}).server_tau == 1e-5
+    assert FederationConfig.from_mapping({}).server_tau == 1e-3
+    with pytest.raises(ConfigError, match=r"server.tau"):
+        FederationConfig.from_mapping({"server-tau": 0})
 
 
 def test_fedadam_state_round_trips() -> None:

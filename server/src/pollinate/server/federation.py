@@ -137,7 +137,9 @@ class Server:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.params = initial_global_state(cfg, catalog)
         self.spec: ParamSpec = spec_of(self.params)
-        self.optimizer = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
+        self.optimizer = make_server_optimizer(
+            cfg.server_opt, cfg.effective_server_lr, cfg.server_tau
+        )
         self.rng = np.random.default_rng(cfg.seed)
         self.start_round = 1
         self.history: list[dict[str, Any]] = []

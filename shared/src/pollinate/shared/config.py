@@ -156,6 +156,11 @@ class FederationConfig(BaseModel):
     sample_rate: float = Field(0.2, gt=0, le=1)
     server_opt: ServerOpt = "fedadagrad"
     server_lr: float | None = Field(None, gt=0)
+    #: FedAdam/FedAdagrad's τ (Reddi et al.): the step is ``lr·m / (√v + τ)``, so a
+    #: coordinate whose mean update is small against τ moves slower than ``lr``. Item rows
+    #: that few devices touch have small mean updates (ML-100K ``interest``: 2.7·10⁻⁴ a
+    #: round for the rarest items, 1.3·10⁻³ for the most popular). FedAvg ignores it.
+    server_tau: float = Field(1e-3, gt=0)
     #: How device updates are averaged: ``equal`` (each device once) or ``examples``
     #: (weighted by the device's training examples, FedAvg's original weighting; refused
     #: under user-level DP, whose sensitivity bound needs equal weights).

@@ -96,7 +96,7 @@ def run_inprocess(
             private[u] = {k: init[k].detach().numpy().copy() for k in local_names}
     glob = initial_global_state(cfg, catalog)
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
-    opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr)
+    opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr, cfg.server_tau)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()

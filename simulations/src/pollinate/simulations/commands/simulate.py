@@ -66,6 +66,9 @@ def simulate(
     server_lr: Annotated[
         float | None, typer.Option(help="Server learning rate (default per optimizer)")
     ] = None,
+    server_tau: Annotated[
+        float | None, typer.Option(help="FedAdam/FedAdagrad's tau (default 1e-3)")
+    ] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
