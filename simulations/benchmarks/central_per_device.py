@@ -21,15 +21,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pollinate.client.app import fresh_model
 from pollinate.client.device_data import DeviceIndex
 from pollinate.client.evaluation import evaluate_device
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import ConfigError
 from pollinate.shared.tasks import load_task_for
 from pollinate.shared.threads import use_one_thread
+from pollinate.simulations.centralized import load_user_rows
 
 
 def main() -> None:
@@ -51,25 +52,10 @@ def main() -> None:
     for u in range(index.n_devices):
         device = index.device(u)
         model = fresh_model(flat, device, u)
-        params = dict(model.named_parameters())
-        missing = set(params) - set(weights)
-        if missing:
-            sys.exit(f"{args.central}: model.npz lacks {sorted(missing)}; not the same model")
-        private = model.local_parameter_names()
-        with torch.no_grad():
-            for name, param in params.items():
-                value = torch.as_tensor(weights[name])
-                if name in private:
-                    value = value[u : u + 1]
-                    if name.startswith(model.LOCAL_PREFIXES[0]):
-                        value = value * args.private_scale
-                if value.shape != param.shape:
-                    sys.exit(
-                        f"{name}: the centralized model has shape {tuple(value.shape)}, the "
-                        f"run's devices {tuple(param.shape)}; use a run of the same "
-                        "architecture (embedding-dim, history-len)"
-                    )
-                param.copy_(value)
+        try:
+            load_user_rows(model, weights, u, args.private_scale)
+        except ConfigError as e:
+            sys.exit(f"{args.central}: {e}")
         parts.append(evaluate_device(model, device, args.part))
     if args.per_device is not None:
         with args.per_device.open("w") as f:

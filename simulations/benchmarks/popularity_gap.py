@@ -31,6 +31,7 @@ from pollinate.shared.models.base import RecModel
 from pollinate.shared.tasks import load_task_for
 from pollinate.shared.threads import use_one_thread
 from pollinate.shared.training.examples import build_examples
+from pollinate.simulations.centralized import load_user_rows
 
 
 def ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
@@ -100,14 +101,11 @@ def main() -> None:
         fed.load_global_state(glob)
         private = DiskStateStore(Path(cfg.device_state_dir), f"device-{u}").load(2**31) or {}
         central = fresh_model(flat, device, u)
+        load_user_rows(central, central_w, u)
         with torch.no_grad():
             params = dict(fed.named_parameters())
             for k, v in private.items():
                 params[k].copy_(torch.as_tensor(v))
-            local = set(central.local_parameter_names())
-            for name, param in central.named_parameters():
-                value = torch.as_tensor(central_w[name])
-                param.copy_(value[u : u + 1] if name in local else value)
         item, fed_rank = rank_of_held_out(fed, device, args.part)
         _, central_rank = rank_of_held_out(central, device, args.part)
         rows.append({"device": u, "item": item, "federated": fed_rank, "centralized": central_rank})

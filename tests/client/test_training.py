@@ -227,14 +227,16 @@ def test_the_private_decay_shrinks_the_private_parameters_and_nothing_else(
         np.testing.assert_allclose(decayed_update[name], step, rtol=1e-6, atol=1e-9)
 
 
+def device_config(keys: dict[str, Any]) -> dict[str, Any]:
+    """What an interest ranking run with ``keys`` sends its devices (``DEVICE_KEYS``)."""
+    cfg = FederationConfig.from_mapping({"task": "ranking", "model": "interest", **keys})
+    flat = cfg.model_dump(by_alias=True)
+    return {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+
+
 def test_the_private_decay_reaches_the_device_from_the_run_config() -> None:
     assert "private-weight-decay" in DEVICE_KEYS
-    cfg = FederationConfig.from_mapping(
-        {"task": "ranking", "model": "interest", "private-weight-decay": 0.02}
-    )
-    flat = cfg.model_dump(by_alias=True)
-    device_cfg = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
-    assert train_config(device_cfg).private_weight_decay == 0.02
+    assert train_config(device_config({"private-weight-decay": 0.02})).private_weight_decay == 0.02
     with pytest.raises(ConfigError, match=r"private.weight.decay"):
         FederationConfig.from_mapping({"private-weight-decay": -1})
 
@@ -328,11 +330,7 @@ def test_the_step_cap_ends_the_round_after_that_many_optimizer_steps(
 
 def test_the_step_cap_reaches_the_device_from_the_run_config() -> None:
     assert "max-local-steps" in DEVICE_KEYS
-    cfg = FederationConfig.from_mapping(
-        {"task": "ranking", "model": "interest", "max-local-steps": 25}
-    )
-    flat = cfg.model_dump(by_alias=True)
-    device_cfg = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    device_cfg = device_config({"max-local-steps": 25})
     assert train_config(device_cfg).max_steps == 25
     assert train_config({**device_cfg, "max-local-steps": None}).max_steps is None
     with pytest.raises(ConfigError, match=r"max.local.steps"):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,19 +14,11 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/by_activity.py"
 
 
-def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("by_activity", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_groups_split_by_training_rows_with_paired_differences() -> None:
+def test_groups_split_by_training_rows_with_paired_differences(load_benchmark: Any) -> None:
     rows = np.array([5, 1, 9, 3, 7, 2, 8, 4])
     a = np.array([0.5, 0.1, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4])
     b = a + np.array([0.0, 0.1, 0.2, 0.0, 0.1, 0.0, 0.3, 0.1])
-    out = load_script().grouped(rows, [a, b], 2)
+    out = load_benchmark("by_activity").grouped(rows, [a, b], 2)
     light, heavy = out  # rows 1-4 and 5-9
     assert light["train_rows"] == [1, 4] and heavy["train_rows"] == [5, 9]
     assert light["means"][0] == pytest.approx(np.mean([0.1, 0.3, 0.2, 0.4]))
@@ -35,11 +27,13 @@ def test_groups_split_by_training_rows_with_paired_differences() -> None:
     assert heavy["minus_first"][0]["se"] == pytest.approx(d_heavy.std(ddof=1) / 2)
 
 
-def test_the_script_reads_a_run_config_and_per_device_files(tmp_path: Path) -> None:
+def test_the_script_reads_a_run_config_and_per_device_files(
+    tmp_path: Path, load_benchmark: Any
+) -> None:
     config = {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 40,
               "task": "ranking", "model": "interest"}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
-    rows = load_script().train_rows(tmp_path / "config.json")
+    rows = load_benchmark("by_activity").train_rows(tmp_path / "config.json")
     values = np.linspace(0, 1, rows.size)
     lines = [
         json.dumps({"device": u, "count": 1.0, "ndcg@10_sum": float(v)})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,21 +11,13 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/popularity_gap.py"
 
 
-def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("popularity_gap", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ndcg_of_a_single_held_out_item() -> None:
-    ndcg = load_script().ndcg_at_10(np.array([1, 2, 10, 11, 500]))
+def test_ndcg_of_a_single_held_out_item(load_benchmark: Any) -> None:
+    ndcg = load_benchmark("popularity_gap").ndcg_at_10(np.array([1, 2, 10, 11, 500]))
     np.testing.assert_allclose(ndcg, [1.0, 1 / np.log2(3), 1 / np.log2(11), 0.0, 0.0])
 
 
-def test_groups_by_item_popularity_with_paired_differences() -> None:
-    script = load_script()
+def test_groups_by_item_popularity_with_paired_differences(load_benchmark: Any) -> None:
+    script = load_benchmark("popularity_gap")
     popularity = np.array([300, 2, 150, 9, 40, 500])
     fed = np.array([1, 40, 3, 50, 2, 1])
     central = np.array([1, 2, 3, 4, 30, 2])

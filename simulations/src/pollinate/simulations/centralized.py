@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -484,3 +484,30 @@ def rescore_centralized(out: Path, private_scale: float = 1.0) -> dict[str, floa
                 param.mul_(private_scale)
     with _torch_threads(config.threads):
         return trainer.test(model)
+
+
+def load_user_rows(
+    model: RecModel, weights: Mapping[str, np.ndarray], user: int, private_scale: float = 1.0
+) -> None:
+    """Copy a centralized model's ``weights`` (``model.npz``) into a one-user ``model`` (a
+    device's): every global array whole, the private arrays' row ``user``, the private
+    vector multiplied by ``private_scale``. Raises if the two models differ in shape."""
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(weights))
+    if missing:
+        raise ConfigError(f"the centralized weights lack {missing}; not the same model")
+    private = set(model.local_parameter_names())
+    with torch.no_grad():
+        for name, param in params.items():
+            value = torch.as_tensor(weights[name])
+            if name in private:
+                value = value[user : user + 1]
+                if name.startswith(model.LOCAL_PREFIXES[0]):
+                    value = value * private_scale
+            if value.shape != param.shape:
+                raise ConfigError(
+                    f"{name}: the centralized model has shape {tuple(value.shape)}, the "
+                    f"device model {tuple(param.shape)}; use a run of the same architecture "
+                    "(embedding-dim, history-len)"
+                )
+            param.copy_(value)
