@@ -246,3 +246,26 @@ def test_a_diverged_dp_round_is_charged_but_neither_kept_nor_sent(tmp_path: Any)
     assert [e.round for e in read_ledger(tmp_path / "ledger.jsonl") if e.device == "8"] == [1, 2]
     after = ctx.state.array_records["pollinate.local"]["user_factors.weight"].numpy()
     np.testing.assert_array_equal(after, kept)
+
+
+def test_train_on_validation_adds_the_validation_row_and_leaves_the_test_unchanged() -> None:
+    base = {"synthetic-users": 60, "synthetic-items": 40, "embedding-dim": 4, "out": "unused"}
+    base |= {"task": "ranking", "eval-every": 0}
+    plain = FederationConfig.from_mapping(base)
+    tov = FederationConfig.from_mapping({**base, "train-on-validation": True})
+    assert "train-on-validation" in DEVICE_KEYS
+    examples = {}
+    for cfg in (plain, tov):
+        reply = client_app.train(message("train", 1, cfg), context(4))
+        examples[cfg.train_on_validation] = reply.content.metric_records["metrics"]["num-examples"]
+    # Leave-last-out ranking: one validation row per device, now a training example.
+    assert examples[True] == examples[False] + 1
+    # The test row and the items it is ranked against are those of a plain run: the same
+    # untrained device gives the same test sums either way, and has no validation row left.
+    sums = {}
+    for cfg in (plain, tov):
+        reply = client_app.evaluate(message("evaluate", 0, cfg, part="test"), context(4))
+        sums[cfg.train_on_validation] = dict(reply.content.metric_records["metrics"])
+    assert sums[True] == sums[False] and sums[True]["count"] == 1
+    reply = client_app.evaluate(message("evaluate", 0, tov, part="valid"), context(4))
+    assert reply.content.metric_records["metrics"]["count"] == 0

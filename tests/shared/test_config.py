@@ -33,6 +33,7 @@ def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
         ({"task": "ranking", "model": "interest", "lr-encoder": 0}, "lr-encoder"),
         ({"encoder-max-grad-norm": 1.0}, "limits the interest encoder's step"),
         ({"device-optimizer": "lion"}, "device-optimizer"),
+        ({"train-on-validation": True}, "set --eval-every 0"),
         (
             {
                 "task": "ranking",

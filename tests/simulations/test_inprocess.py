@@ -101,3 +101,21 @@ def test_the_ranking_refit_lifts_devices_that_rarely_train(tmp_path: Path) -> No
         )
         ndcg[refit] = run_inprocess(cfg, write_ledger=False).final["ndcg@10"]
     assert ndcg[True] > 1.2 * ndcg[False]
+
+
+def test_train_on_validation_trains_on_every_row_but_the_test_rows(tmp_path: Path) -> None:
+    from pollinate.client.device_data import DeviceIndex
+    from pollinate.shared.tasks import load_task
+
+    overrides = {"task": "ranking", "rounds": 1, "sample-rate": 1.0, "eval-every": 0}
+    plain, _ = run(tmp_path / "plain", **overrides)
+    tov, _ = run(tmp_path / "tov", **overrides, **{"train-on-validation": True})
+    index = DeviceIndex(load_task("synthetic", task="ranking", seed=3, synthetic_users=80,
+                                  synthetic_items=60))  # fmt: skip
+    devices = [index.device(u) for u in range(index.n_devices)]
+    n_train = sum(len(d.split.train) for d in devices)
+    n_valid = sum(len(d.split.valid) for d in devices)
+    assert plain.history[-1]["examples"] == n_train
+    assert tov.history[-1]["examples"] == n_train + n_valid
+    # Every device is still tested once, on its own test row.
+    assert tov.final_parts and sum(p["count"] for p in tov.final_parts) == len(devices)

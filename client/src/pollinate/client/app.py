@@ -20,7 +20,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from pollinate.client.device_data import DeviceData, DeviceIndex
+from pollinate.client.device_data import DeviceData, DeviceIndex, with_validation_in_training
 from pollinate.client.dp_training import (
     LocalDPConfig,
     default_local_delta,
@@ -73,7 +73,8 @@ def _device_index(
 
 
 def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
-    """The data of the simulated device that this node plays."""
+    """The data of the simulated device that this node plays (with its validation rows
+    among its training rows under ``train-on-validation``)."""
     index = _device_index(
         str(config["dataset"]),
         config.get("data-dir"),
@@ -83,7 +84,8 @@ def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
         int(config.get("synthetic-users", 1000)),
         int(config.get("synthetic-items", 500)),
     )
-    return index.device(int(context.node_config["partition-id"]))
+    device = index.device(int(context.node_config["partition-id"]))
+    return with_validation_in_training(device) if config.get("train-on-validation") else device
 
 
 def _generator(

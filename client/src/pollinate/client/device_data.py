@@ -62,6 +62,23 @@ class DeviceIndex:
         return DeviceData(one, split, self.task_data.task)
 
 
+def with_validation_in_training(device: DeviceData) -> DeviceData:
+    """The device with its validation rows moved into its training rows.
+
+    The federated analog of the centralized reference's refit on training + validation
+    rows (``--train-on-validation``): the device trains on every row but its test rows.
+    Its test rows and their context (training + validation rows) are unchanged, so test
+    metrics stay comparable; it has no validation rows left to evaluate on.
+    """
+    split = device.split
+    merged = Split(
+        train=np.concatenate([split.train, split.valid]),
+        valid=np.zeros(0, dtype=split.valid.dtype),
+        test=split.test,
+    )
+    return replace(device, split=merged)
+
+
 def device_view(task_data: TaskData, user: int) -> DeviceData:
     """Device ``user`` of a whole dataset (builds a fresh index; cache a UserIndex instead)."""
     return DeviceIndex(task_data).device(user)

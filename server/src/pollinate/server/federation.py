@@ -53,7 +53,7 @@ Arrays = dict[str, np.ndarray]
 DEVICE_KEYS = (
     "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "dropout", "local-epochs",
-    "max-local-steps", "batch-size",
+    "max-local-steps", "train-on-validation", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
     "refit-reg", "encoder-max-grad-norm", "device-optimizer", "private-weight-decay",
     "seed", "device-state-dir",

@@ -118,6 +118,12 @@ class FederationConfig(BaseModel):
     #: a round and the median ML-100K device 10. Under ``--dp local`` the device's
     #: accountant composes the steps actually taken.
     max_local_steps: int | None = Field(None, ge=1)
+    #: Devices train on their validation rows too (every row but the test rows): the
+    #: federated analog of the centralized reference's refit on training + validation
+    #: rows, for a final model whose round count was chosen beforehand. Validation
+    #: metrics would then be measured on training rows, so it needs ``eval_every`` 0;
+    #: the final evaluation on test rows runs as always.
+    train_on_validation: bool = False
     batch_size: int = Field(32, ge=1)
     #: Device learning rates: by task and model when unset (``TASK_DEFAULTS``).
     lr_global: float = Field(gt=0)
@@ -266,6 +272,12 @@ class FederationConfig(BaseModel):
                 "--private-refit fits the private parameters to raw ratings without noise, "
                 "and the device's later DP-SGD updates would depend on it outside the local "
                 "accountant; use --no-private-refit with --dp local or both"
+            )
+        if self.train_on_validation and self.eval_every:
+            raise ValueError(
+                "--train-on-validation trains on the validation rows, so evaluating on them "
+                "every few rounds would measure training rows; set --eval-every 0 (the final "
+                "evaluation on the test rows still runs)"
             )
         for layer, on in (("local", self.local_dp), ("user", self.user_dp)):
             noise, target = getattr(self, f"{layer}_noise"), getattr(self, f"{layer}_epsilon")

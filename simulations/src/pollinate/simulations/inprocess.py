@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from pollinate.client.app import local_dp_config, private_refit, train_config
-from pollinate.client.device_data import DeviceData, DeviceIndex
+from pollinate.client.device_data import DeviceData, DeviceIndex, with_validation_in_training
 from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
@@ -80,6 +80,8 @@ def run_inprocess(
     catalog = catalog_of(task.data)
     index = DeviceIndex(task)
     devices: list[DeviceData] = [index.device(u) for u in range(index.n_devices)]
+    if cfg.train_on_validation:
+        devices = [with_validation_in_training(d) for d in devices]
 
     model = build_run_model(cfg, catalog)
     local_names = model.local_parameter_names()
@@ -148,7 +150,7 @@ def run_inprocess(
         # A running sum: the round holds one dense update at a time, never all of them.
         total = UpdateSum(spec) if user is None else ClippedSum(spec, user.clip)
         losses: list[float] = []
-        stopped = diverged = 0
+        stopped = diverged = examples = 0
         eps_local: list[float] = []
         for u in sampled:
             load(u)
@@ -190,11 +192,17 @@ def run_inprocess(
                     diverged += 1
                     continue
             private[u] = {k: params[k].detach().numpy().copy() for k in local_names}
+            examples += n_train
             assert update is not None
             if cfg.aggregation == "examples" and n_train < 1:
                 continue
             total.add(update, float(n_train) if cfg.aggregation == "examples" else 1.0)
-        entry: dict[str, Any] = {"round": r, "sampled": len(sampled), "aggregated": total.count}
+        entry: dict[str, Any] = {
+            "round": r,
+            "sampled": len(sampled),
+            "aggregated": total.count,
+            "examples": examples,
+        }
         if diverged:
             entry["failed"] = diverged
         # One device whose update dwarfs the others' can steer an adaptive server

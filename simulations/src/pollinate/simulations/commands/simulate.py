@@ -62,6 +62,14 @@ def simulate(
         int | None,
         typer.Option(help="Most device steps per round (caps heavy users; default: no cap)"),
     ] = None,
+    train_on_validation: Annotated[
+        bool | None,
+        typer.Option(
+            "--train-on-validation/--no-train-on-validation",
+            help="Devices train on their validation rows too (the analog of the centralized "
+            "refit on train + validation; needs --eval-every 0)",
+        ),
+    ] = None,
     server_opt: Annotated[str | None, typer.Option(help="fedavg, fedadam or fedadagrad")] = None,
     server_lr: Annotated[
         float | None, typer.Option(help="Server learning rate (default per optimizer)")
