@@ -47,6 +47,8 @@ def test_cli_rating_writes_a_valid_metrics_json(tmp_path: Path) -> None:
     assert config["lr"] is not None and config["loss"] == "mse" and config["refit"] is True
     assert config["defaults_from"] == "generic (mf, rating)"
     assert "rmse" in out
+    environment = json.loads((tmp_path / "environment.json").read_text())["runs"]
+    assert len(environment) == 1 and environment[0]["packages"]["torch"]
 
 
 def test_cli_ranking_with_the_interest_model(tmp_path: Path) -> None:

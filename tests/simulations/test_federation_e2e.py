@@ -138,6 +138,10 @@ def test_resume_gives_the_same_result(tmp_path: Path, rating_run: Path) -> None:
     fb = json.loads((out / "metrics.json").read_text())["final"]
     assert fa == pytest.approx(fb, rel=1e-6)
     assert [h["round"] for h in read_jsonl(out / "metrics.jsonl")] == list(range(0, 7))
+    # Both processes that wrote the run say what they ran with.
+    runs = json.loads((out / "environment.json").read_text())["runs"]
+    assert [r["resumed"] for r in runs] == [False, True]
+    assert all(r["packages"]["flwr"] and r["torch_cpu_capability"] for r in runs)
 
 
 def test_an_interest_run_with_dropout_resumes_to_the_same_result(tmp_path: Path) -> None:

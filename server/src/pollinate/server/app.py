@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from pollinate.server.federation import Server, write_summary
 from pollinate.server.plots import plot_history
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.environment import record_environment
 from pollinate.shared.tasks import catalog_of, load_task_for
 
 app = ServerApp()
@@ -34,6 +35,7 @@ def run_server(grid: Grid, cfg: FederationConfig, *, resume: bool = False) -> di
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2, sort_keys=True))
+    record_environment(run_dir, resumed=resume)
     server = Server(grid, cfg, catalog, n_devices)
     if resume:
         server.resume()

@@ -30,6 +30,7 @@ from torch import nn
 
 from pollinate.shared.data.splits import Split
 from pollinate.shared.data.types import Interactions
+from pollinate.shared.environment import record_environment
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models import RecModel, build_model
 from pollinate.shared.tasks import prepare_task
@@ -454,6 +455,7 @@ def run_centralized(config: CentralizedConfig, progress: bool = True) -> dict[st
         weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         np.savez(config.out / MODEL_FILE, **weights)
         (config.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+        record_environment(config.out)
     return report
 
 

@@ -37,6 +37,7 @@ from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.sampling import poisson_sample
 from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.environment import record_environment
 from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
 from pollinate.shared.tasks import catalog_of, load_task_for
@@ -106,6 +107,7 @@ def run_inprocess(
     refit = private_refit(flat)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    record_environment(out)
     ledger_path = out / "ledger.jsonl"
     if ledger_path.exists():
         ledger_path.unlink()
