@@ -1,13 +1,14 @@
 """What a figure was computed with: software versions, CPU and the settings that change numerics.
 
-Training here is deterministic on one machine, but not across machines: torch, MKL and
-oneDNN pick their kernels by the CPU's instruction set, the kernels round differently,
-and training amplifies the difference. The ML-100K ``interest`` reference run for two
-epochs with AVX-512 kernels tests NDCG@10 0.1020, with the same code forced to AVX2
-kernels (``ATEN_CPU_CAPABILITY=avx2``) 0.1011 (simulations/benchmarks/RESULTS.md,
-sixteenth session). A run directory therefore records the environment beside its
-figures (``environment.json``), so that a figure can be reproduced on a like machine and
-a difference can be traced to the machine rather than the code.
+A seeded centralized run gives the same figures every time on one machine, but not
+across machines: torch, MKL and oneDNN pick their kernels by the CPU's instruction set,
+the kernels round differently, and training amplifies the difference. The ML-100K
+``interest`` reference tests NDCG@10 0.1331 (best epoch 23) with AVX-512 kernels and
+0.1284 (best epoch 12: the recorded figure, every metric to the recorded digit) with
+the same code held to AVX2 kernels (``ATEN_CPU_CAPABILITY=avx2``, MKL and oneDNN too;
+simulations/benchmarks/RESULTS.md, sixteenth session). A run directory therefore records
+the environment beside its figures (``environment.json``), so that a figure can be
+reproduced on a like machine and a difference traced to the machine, not the code.
 
 The record describes the process that writes it: in a Flower simulation the devices run
 on the same machine; in a real deployment they do not, and their environments are not
