@@ -23,13 +23,13 @@ import platform
 import subprocess
 import sys
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pollinate.shared.fileio import atomic_write_bytes
+from pollinate.shared.versions import package_version
 
 #: The file a run directory keeps its environment records in.
 ENVIRONMENT_FILE = "environment.json"
@@ -58,13 +58,6 @@ NUMERIC_ENV_VARS = (
     "OPENBLAS_NUM_THREADS",
     "PYTHONHASHSEED",
 )
-
-
-def _package_version(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 def _cpu_model() -> str:
@@ -111,7 +104,7 @@ def describe_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
-        "packages": {name: _package_version(name) for name in PACKAGES},
+        "packages": {name: package_version(name) for name in PACKAGES},
         "env": {name: os.environ[name] for name in NUMERIC_ENV_VARS if name in os.environ},
         "code": _git_revision(Path(__file__).resolve().with_name("__init__.py")),
     }

@@ -17,7 +17,6 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from pollinate.shared.privacy.accounting import (
     user_accountant,
     user_round_event,
 )
+from pollinate.shared.versions import package_version
 
 Layer = Literal["local", "user"]
 
@@ -35,14 +35,12 @@ class LedgerError(PollinateError):
     """The ledger is malformed or inconsistent."""
 
 
+#: The libraries whose versions every ledger event carries.
+LEDGER_LIBRARIES = ("opacus", "dp-accounting", "torch", "flwr")
+
+
 def library_versions() -> dict[str, str]:
-    out = {}
-    for lib in ("opacus", "dp-accounting", "torch", "flwr"):
-        try:
-            out[lib] = version(lib)
-        except Exception:  # pragma: no cover - a library that is not installed
-            out[lib] = "absent"
-    return out
+    return {lib: package_version(lib) or "absent" for lib in LEDGER_LIBRARIES}
 
 
 @dataclass(frozen=True)
