@@ -10,10 +10,12 @@ from pollinate.server.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from pollinate.server.federation import server_optimizer
 from pollinate.server.optimizers import FedAdagrad, FedAdam, FedAvg, make_server_optimizer
 from pollinate.server.sampling import poisson_sample
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import ConfigError
+from pollinate.shared.tasks import Catalog
 
 
 def test_poisson_sample_has_the_right_mean_and_variance() -> None:
@@ -112,6 +114,44 @@ def test_tau_damps_small_mean_updates_and_reaches_the_optimizer_from_the_config(
     assert FederationConfig.from_mapping({}).server_tau == 1e-3
     with pytest.raises(ConfigError, match=r"server.tau"):
         FederationConfig.from_mapping({"server-tau": 0})
+
+
+def test_an_array_with_its_own_rate_steps_at_it_and_the_others_at_the_shared_rate() -> None:
+    x = {"enc": np.array([0.0]), "rows": np.array([0.0, 0.0])}
+    d = {"enc": np.array([0.5]), "rows": np.array([1.0, -2.0])}
+    out = FedAvg(lr=1.0, lr_by_array={"enc": 3.0}).step(x, d)
+    np.testing.assert_allclose(out["enc"], [1.5])
+    np.testing.assert_allclose(out["rows"], [1.0, -2.0])
+    for name in ("fedadagrad", "fedadam"):
+        split = make_server_optimizer(name, 0.03, 1e-3, lr_by_array={"enc": 0.09})
+        enc_only = make_server_optimizer(name, 0.09, 1e-3)
+        one = make_server_optimizer(name, 0.03, 1e-3)
+        a, b, c = dict(x), dict(x), dict(x)
+        for _ in range(3):  # the moments are per array: only the rate differs
+            a, b, c = split.step(a, d), enc_only.step(b, d), one.step(c, d)
+        np.testing.assert_allclose(a["enc"], b["enc"])
+        np.testing.assert_allclose(a["rows"], c["rows"])
+        assert not np.allclose(a["enc"], c["enc"])
+    with pytest.raises(ConfigError, match="positive"):
+        FedAvg(lr=1.0, lr_by_array={"enc": 0.0})
+
+
+def test_the_encoder_rate_reaches_the_interest_encoder_arrays_only() -> None:
+    cfg = FederationConfig.from_mapping(
+        {"model": "interest", "task": "ranking", "server-lr-encoder": 0.1}
+    )
+    catalog = Catalog(30, np.eye(30, 4), None)
+    opt = server_optimizer(cfg, catalog)
+    assert opt.lr == cfg.effective_server_lr and set(opt.lr_by_array.values()) == {0.1}
+    enc = set(opt.lr_by_array)
+    assert any(n.startswith("blocks") for n in enc) and "out_norm.weight" in enc
+    assert not enc & {"item_emb.weight", "item_bias.weight", "global_bias.weight"}
+    assert not enc & {"user_interest.weight", "user_bias.weight"}
+    plain_cfg = FederationConfig.from_mapping({"model": "interest", "task": "ranking"})
+    plain = server_optimizer(plain_cfg, catalog)
+    assert plain.lr_by_array == {}
+    with pytest.raises(ConfigError, match="server-lr-encoder"):
+        FederationConfig.from_mapping({"model": "mf", "server-lr-encoder": 0.1})
 
 
 def test_fedadam_state_round_trips() -> None:

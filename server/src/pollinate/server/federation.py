@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pollinate.server.aggregate import UpdateSum
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
-from pollinate.server.optimizers import make_server_optimizer
+from pollinate.server.optimizers import ServerOptimizer, make_server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.runlog import JsonlWriter, message_entry
 from pollinate.server.sampling import poisson_sample
@@ -110,6 +110,18 @@ def initial_global_state(cfg: FederationConfig, catalog: Catalog) -> Arrays:
     return model.global_state()
 
 
+def server_optimizer(cfg: FederationConfig, catalog: Catalog) -> ServerOptimizer:
+    """The run's server optimizer, with the encoder at ``server_lr_encoder`` when set."""
+    by_array: dict[str, float] = {}
+    if cfg.server_lr_encoder is not None:
+        with torch.random.fork_rng():  # building a model draws from torch's global RNG
+            names = build_run_model(cfg, catalog).encoder_parameter_names()
+        by_array = dict.fromkeys(names, cfg.server_lr_encoder)
+    return make_server_optimizer(
+        cfg.server_opt, cfg.effective_server_lr, cfg.server_tau, lr_by_array=by_array
+    )
+
+
 def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     """Block until ``expected`` nodes are connected, so sampling sees all of them."""
     deadline = time.monotonic() + timeout
@@ -137,9 +149,7 @@ class Server:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.params = initial_global_state(cfg, catalog)
         self.spec: ParamSpec = spec_of(self.params)
-        self.optimizer = make_server_optimizer(
-            cfg.server_opt, cfg.effective_server_lr, cfg.server_tau
-        )
+        self.optimizer = server_optimizer(cfg, catalog)
         self.rng = np.random.default_rng(cfg.seed)
         self.start_round = 1
         self.history: list[dict[str, Any]] = []

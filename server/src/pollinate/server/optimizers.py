@@ -22,10 +22,18 @@ class ServerOptimizer:
 
     name = "base"
 
-    def __init__(self, lr: float) -> None:
-        if not lr > 0:
-            raise ConfigError(f"server learning rate must be positive, got {lr}")
+    def __init__(self, lr: float, lr_by_array: Mapping[str, float] | None = None) -> None:
+        rates = {"": lr, **(lr_by_array or {})}
+        bad = {n: r for n, r in rates.items() if not r > 0}
+        if bad:
+            raise ConfigError(f"server learning rates must be positive, got {bad}")
         self.lr = lr
+        #: Arrays stepped at their own rate instead of ``lr`` (by name).
+        self.lr_by_array = dict(lr_by_array or {})
+
+    def rate(self, name: str) -> float:
+        """The learning rate of the array ``name``."""
+        return self.lr_by_array.get(name, self.lr)
 
     def step(self, params: Arrays, delta: Mapping[str, np.ndarray]) -> Arrays:
         raise NotImplementedError
@@ -42,14 +50,19 @@ class FedAvg(ServerOptimizer):
     name = "fedavg"
 
     def step(self, params: Arrays, delta: Mapping[str, np.ndarray]) -> Arrays:
-        return {n: (p + self.lr * delta[n]).astype(p.dtype) for n, p in params.items()}
+        return {n: (p + self.rate(n) * delta[n]).astype(p.dtype) for n, p in params.items()}
 
 
 class _Adaptive(ServerOptimizer):
     def __init__(
-        self, lr: float, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+        self,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        tau: float = 1e-3,
+        lr_by_array: Mapping[str, float] | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, lr_by_array)
         self.beta1, self.beta2, self.tau = beta1, beta2, tau
         self.m: Arrays = {}
         self.v: Arrays = {}
@@ -66,7 +79,7 @@ class _Adaptive(ServerOptimizer):
             m = self.beta1 * m + (1 - self.beta1) * d
             v = self._second_moment(v, d * d)
             self.m[n], self.v[n] = m, v
-            out[n] = (p + self.lr * m / (np.sqrt(v) + self.tau)).astype(p.dtype)
+            out[n] = (p + self.rate(n) * m / (np.sqrt(v) + self.tau)).astype(p.dtype)
         return out
 
     def state_dict(self) -> Arrays:
@@ -89,20 +102,25 @@ class FedAdam(_Adaptive):
 class FedAdagrad(_Adaptive):
     name = "fedadagrad"
 
-    def __init__(self, lr: float, tau: float = 1e-3) -> None:
-        super().__init__(lr, beta1=0.0, beta2=1.0, tau=tau)
+    def __init__(
+        self, lr: float, tau: float = 1e-3, lr_by_array: Mapping[str, float] | None = None
+    ) -> None:
+        super().__init__(lr, beta1=0.0, beta2=1.0, tau=tau, lr_by_array=lr_by_array)
 
     def _second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         return v + d2
 
 
-def make_server_optimizer(name: str, lr: float, tau: float = 1e-3) -> ServerOptimizer:
-    """The server optimizer ``name`` at rate ``lr`` (``tau``: the adaptive ones' τ)."""
+def make_server_optimizer(
+    name: str, lr: float, tau: float = 1e-3, lr_by_array: Mapping[str, float] | None = None
+) -> ServerOptimizer:
+    """The server optimizer ``name`` at rate ``lr`` (``tau``: the adaptive ones' τ;
+    ``lr_by_array``: arrays with a rate of their own, by name)."""
     if name == "fedavg":
-        return FedAvg(lr)
+        return FedAvg(lr, lr_by_array)
     if name == "fedadam":
-        return FedAdam(lr, tau=tau)
+        return FedAdam(lr, tau=tau, lr_by_array=lr_by_array)
     if name == "fedadagrad":
-        return FedAdagrad(lr, tau=tau)
+        return FedAdagrad(lr, tau=tau, lr_by_array=lr_by_array)
     choices = ["fedadagrad", "fedadam", "fedavg"]
     raise ConfigError(f"unknown server optimizer {name!r}; choose one of {choices}")

@@ -167,6 +167,10 @@ class FederationConfig(BaseModel):
     #: that few devices touch have small mean updates (ML-100K ``interest``: 2.7·10⁻⁴ a
     #: round for the rarest items, 1.3·10⁻³ for the most popular). FedAvg ignores it.
     server_tau: float = Field(1e-3, gt=0)
+    #: Server rate of an encoder's dense weights (``interest``: the arrays every example
+    #: uses, ``RecModel.encoder_parameter_names``); the item rows keep ``server_lr``.
+    #: ``None``: one rate for all arrays.
+    server_lr_encoder: float | None = Field(None, gt=0)
     #: How device updates are averaged: ``equal`` (each device once) or ``examples``
     #: (weighted by the device's training examples, FedAvg's original weighting; refused
     #: under user-level DP, whose sensitivity bound needs equal weights).
@@ -236,6 +240,11 @@ class FederationConfig(BaseModel):
             raise ValueError(
                 f"--lr-encoder sets the rate of the interest model's encoder; {self.model!r} "
                 "has none: leave it unset"
+            )
+        if self.server_lr_encoder is not None and self.model != "interest":
+            raise ValueError(
+                f"--server-lr-encoder sets the server rate of the interest model's encoder; "
+                f"{self.model!r} has none: leave it unset"
             )
         if self.aggregation == "examples" and self.user_dp:
             raise ValueError(

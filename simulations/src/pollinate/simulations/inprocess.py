@@ -31,8 +31,7 @@ from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
 from pollinate.server.aggregate import UpdateSum, update_norm
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
-from pollinate.server.federation import build_run_model, initial_global_state
-from pollinate.server.optimizers import make_server_optimizer
+from pollinate.server.federation import build_run_model, initial_global_state, server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
 from pollinate.server.sampling import poisson_sample
 from pollinate.server.user_dp import ClippedSum, noise_source
@@ -99,7 +98,7 @@ def run_inprocess(
             private[u] = {k: init[k].detach().numpy().copy() for k in local_names}
     glob = initial_global_state(cfg, catalog)
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
-    opt = make_server_optimizer(cfg.server_opt, cfg.effective_server_lr, cfg.server_tau)
+    opt = server_optimizer(cfg, catalog)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()

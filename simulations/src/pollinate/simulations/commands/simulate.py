@@ -74,6 +74,10 @@ def simulate(
     server_lr: Annotated[
         float | None, typer.Option(help="Server learning rate (default per optimizer)")
     ] = None,
+    server_lr_encoder: Annotated[
+        float | None,
+        typer.Option(help="interest: server rate of the encoder (default: --server-lr)"),
+    ] = None,
     server_tau: Annotated[
         float | None, typer.Option(help="FedAdam/FedAdagrad's tau (default 1e-3)")
     ] = None,
