@@ -10,7 +10,7 @@ import pytest
 from flwr.app import Error, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from pollinate.server.federation import Server
+from pollinate.server.federation import FederationError, Server
 from pollinate.server.runlog import JsonlWriter
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.tasks import Catalog
@@ -129,3 +129,42 @@ def test_enrollment_orders_nodes_by_device_key(tmp_path: Path) -> None:
 
     server = make_server(tmp_path, EnrollGrid({900: key(2), 17: key(0), 400: key(1)}))
     assert server.enroll([900, 17, 400], JsonlWriter(tmp_path / "m.jsonl")) == [17, 400, 900]
+
+
+def test_with_an_iterate_average_devices_train_on_the_live_model_and_evaluate_the_average(
+    tmp_path: Path,
+) -> None:
+    """FedAvg at rate 1 with updates 0.1 then 0.3: the live iterate is x0 + 0.4, and the
+    debiased average with β = 0.5 is (0.25·(x0 + 0.1) + 0.5·(x0 + 0.4)) / 0.75 = x0 + 0.3."""
+    seen: dict[str, list[dict[str, np.ndarray]]] = {"train": [], "evaluate": []}
+    step = iter([0.1, 0.3, 0.0])
+
+    def device(msg: Message, params: dict[str, np.ndarray]) -> Message:
+        kind = msg.metadata.message_type.split(".")[0]
+        seen[kind].append(params)
+        if kind == "train":
+            return update(next(step))(msg, params)
+        sums = MetricRecord({"n": 1.0, "sse": 0.0, "sae": 0.0})
+        return Message(RecordDict({"metrics": sums}), reply_to=msg)
+
+    server = make_server(tmp_path, FakeGrid({1: device}), **{"server-ema": 0.5})
+    x0 = {k: v.copy() for k, v in server.params.items()}
+    log = JsonlWriter(tmp_path / "m.jsonl")
+    server.train_round(1, [1], log)
+    server.train_round(2, [1], log)
+    server.evaluation_sums(3, [1], "valid", log)
+    server.train_round(3, [1], log)
+    for k, v in x0.items():
+        np.testing.assert_allclose(seen["train"][1][k], v + 0.1, rtol=1e-6)
+        np.testing.assert_allclose(seen["evaluate"][0][k], v + 0.3, rtol=1e-6)
+        np.testing.assert_allclose(seen["train"][2][k], v + 0.4, rtol=1e-6)
+    # The average is checkpointed with the live iterate, and a resume restores both.
+    server.checkpoint(3)
+    again = make_server(tmp_path, FakeGrid({1: device}), **{"server-ema": 0.5})
+    again.resume()
+    for k in x0:
+        np.testing.assert_array_equal(again.released()[k], server.released()[k])
+        np.testing.assert_array_equal(again.params[k], server.params[k])
+    plain = make_server(tmp_path, FakeGrid({1: device}))
+    with pytest.raises(FederationError, match="server-ema"):
+        plain.resume()

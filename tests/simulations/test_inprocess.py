@@ -119,3 +119,35 @@ def test_train_on_validation_trains_on_every_row_but_the_test_rows(tmp_path: Pat
     assert tov.history[-1]["examples"] == n_train + n_valid
     # Every device is still tested once, on its own test row.
     assert tov.final_parts and sum(p["count"] for p in tov.final_parts) == len(devices)
+
+
+def test_server_ema_evaluates_the_iterate_average_and_trains_on_the_live_iterate(
+    tmp_path: Path,
+) -> None:
+    """Devices train from the live iterate, so training is unchanged by ``server-ema``;
+    only what is evaluated changes (that it is the average of the iterates is checked
+    against an independent evaluation in test_iterate_average_script.py)."""
+    overrides = {"task": "ranking", "rounds": 4, "sample-rate": 0.6, "eval-every": 0}
+    rounds: list[int] = []
+
+    def go(name: str, **more: Any) -> Any:
+        cfg = {**BASE, **overrides, **more, "out": str(tmp_path / name)}
+        return run_inprocess(
+            FederationConfig.from_mapping(cfg),
+            write_ledger=False,
+            on_round=lambda r, glob, private: rounds.append(r),
+        )
+
+    plain, ema, beta0 = (
+        go("plain"),
+        go("ema", **{"server-ema": 0.6}),
+        go("b0", **{"server-ema": 0.0}),
+    )
+    assert rounds == [1, 2, 3, 4] * 3
+
+    def losses(res: Any) -> list[Any]:
+        return [h.get("train_loss") for h in res.history]
+
+    assert losses(ema) == losses(plain) == losses(beta0)
+    assert ema.final != plain.final
+    assert beta0.final == plain.final  # β = 0 releases the last iterate

@@ -1,10 +1,11 @@
-"""Atomic checkpoints of a federated run: round, global parameters, optimizer, RNG."""
+"""Atomic checkpoints of a federated run: round, global parameters, optimizer, RNG, and the
+iterate average when the run keeps one."""
 
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,14 @@ class Checkpoint:
     optimizer: dict[str, np.ndarray]
     rng_state: dict[str, Any]
     extra: dict[str, Any]
+    #: :class:`pollinate.server.averaging.IterateAverage` state (empty without one).
+    average: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     arrays = {f"param/{n}": a for n, a in ckpt.params.items()}
     arrays.update({f"opt/{n}": a for n, a in ckpt.optimizer.items()})
+    arrays.update({f"avg/{n}": a for n, a in ckpt.average.items()})
     meta = {"round": ckpt.round, "rng_state": ckpt.rng_state, "extra": ckpt.extra}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -52,6 +56,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
             meta = json.loads(bytes(z["meta"]).decode())
             params = {k[6:]: z[k] for k in z.files if k.startswith("param/")}
             opt = {k[4:]: z[k] for k in z.files if k.startswith("opt/")}
+            avg = {k[4:]: z[k] for k in z.files if k.startswith("avg/")}
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
-    return Checkpoint(meta["round"], params, opt, meta["rng_state"], meta["extra"])
+    return Checkpoint(meta["round"], params, opt, meta["rng_state"], meta["extra"], avg)

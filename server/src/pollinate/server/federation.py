@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pollinate.server.aggregate import UpdateSum
+from pollinate.server.averaging import IterateAverage
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.optimizers import ServerOptimizer, make_server_optimizer
@@ -150,6 +151,7 @@ class Server:
         self.params = initial_global_state(cfg, catalog)
         self.spec: ParamSpec = spec_of(self.params)
         self.optimizer = server_optimizer(cfg, catalog)
+        self.average = IterateAverage(cfg.server_ema) if cfg.server_ema is not None else None
         self.rng = np.random.default_rng(cfg.seed)
         self.start_round = 1
         self.history: list[dict[str, Any]] = []
@@ -168,6 +170,12 @@ class Server:
             raise FederationError("the checkpoint's parameters do not match this model")
         self.params = ckpt.params
         self.optimizer.load_state_dict(ckpt.optimizer)
+        if self.average is not None:
+            self.average.load_state_dict(ckpt.average)
+        elif ckpt.average:
+            raise FederationError(
+                "the checkpoint holds an iterate average but the config sets no --server-ema"
+            )
         self.rng.bit_generator.state = ckpt.rng_state
         self.history = ckpt.extra.get("history", [])
         self.start_round = ckpt.round + 1
@@ -190,6 +198,7 @@ class Server:
                 round=round_,
                 params=self.params,
                 optimizer=self.optimizer.state_dict(),
+                average=self.average.state_dict() if self.average is not None else {},
                 rng_state=dict(self.rng.bit_generator.state),
                 extra={
                     "history": self.history,
@@ -202,11 +211,16 @@ class Server:
             ),
         )
 
+    def released(self) -> Arrays:
+        """The model the run releases: the iterate average with ``--server-ema``, else the
+        live iterate. Devices train from the live iterate and are evaluated on this one."""
+        return self.params if self.average is None else self.average.value(self.params)
+
     # -- messaging -----------------------------------------------------------------
-    def _content(self, round_: int, extra: dict[str, Any]) -> RecordDict:
+    def _content(self, round_: int, params: Arrays, extra: dict[str, Any]) -> RecordDict:
         config = dict(self.device_config, round=round_, **extra)
         return RecordDict(
-            {GLOBAL_RECORD: arrays_to_record(self.params), CONFIG_RECORD: ConfigRecord(config)}
+            {GLOBAL_RECORD: arrays_to_record(params), CONFIG_RECORD: ConfigRecord(config)}
         )
 
     def _exchange(
@@ -218,8 +232,9 @@ class Server:
             "enroll": f"{MessageType.QUERY}.enroll",
         }[kind]
         messages = []
+        params = self.params if kind == "train" else self.released()
         for node in nodes:
-            content = self._content(round_, extra) if kind != "enroll" else RecordDict()
+            content = self._content(round_, params, extra) if kind != "enroll" else RecordDict()
             messages.append(Message(content, node, msg_type, group_id=str(round_)))
             log.write(message_entry(round_, "down", node, kind, content))
         replies = list(self.grid.send_and_receive(messages))
@@ -280,6 +295,8 @@ class Server:
         if up is None:
             if total.count:
                 self.params = self.optimizer.step(self.params, total.mean())
+            if self.average is not None:
+                self.average.update(self.params)
             return
         assert isinstance(total, ClippedSum)
         delta = total.noisy_mean(
@@ -291,6 +308,8 @@ class Server:
         LedgerWriter(self.ledger_path).append(event)
         result.user_epsilon = event.epsilon
         self.params = self.optimizer.step(self.params, delta)
+        if self.average is not None:
+            self.average.update(self.params)
 
     def evaluate(
         self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
@@ -432,7 +451,7 @@ class Server:
         final_s = time.perf_counter() - t0
         metrics_log.close()
         msg_log.close()
-        np.savez(self.run_dir / "global_params.npz", **self.params)  # type: ignore[arg-type]
+        np.savez(self.run_dir / "global_params.npz", **self.released())  # type: ignore[arg-type]
         return {
             "final": final,
             "final_se": standard_errors(cfg.task, final_parts),

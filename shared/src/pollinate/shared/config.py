@@ -171,6 +171,10 @@ class FederationConfig(BaseModel):
     #: uses, ``RecModel.encoder_parameter_names``); the item rows keep ``server_lr``.
     #: ``None``: one rate for all arrays.
     server_lr_encoder: float | None = Field(None, gt=0)
+    #: Release an exponential moving average of the server's iterates (β; ``None``: the
+    #: last iterate). Devices train from the live iterate; evaluations and the final model
+    #: use the debiased average (pollinate.server.averaging). Post-processing: no ε.
+    server_ema: float | None = Field(None, ge=0, lt=1)
     #: How device updates are averaged: ``equal`` (each device once) or ``examples``
     #: (weighted by the device's training examples, FedAvg's original weighting; refused
     #: under user-level DP, whose sensitivity bound needs equal weights).

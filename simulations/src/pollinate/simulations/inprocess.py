@@ -30,6 +30,7 @@ from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.training import check_finite, train_device
 from pollinate.server.aggregate import UpdateSum, update_norm
+from pollinate.server.averaging import IterateAverage
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.federation import build_run_model, initial_global_state, server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
@@ -72,8 +73,13 @@ def run_inprocess(
     *,
     log: Callable[[dict[str, Any]], None] | None = None,
     write_ledger: bool = True,
+    on_round: Callable[[int, Arrays, dict[int, Arrays]], None] | None = None,
 ) -> InProcessResult:
-    """Train ``cfg`` in this process; evaluate every ``eval_every`` rounds on all devices."""
+    """Train ``cfg`` in this process; evaluate every ``eval_every`` rounds on all devices.
+
+    ``on_round(round, global_state, private_states)`` is called after each round's
+    server step (read-only views: copy what you keep), for diagnostics of the iterates.
+    """
     t_start = time.perf_counter()
     use_one_thread()
     task = load_task_for(cfg)
@@ -99,6 +105,7 @@ def run_inprocess(
     glob = initial_global_state(cfg, catalog)
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
     opt = server_optimizer(cfg, catalog)
+    average = IterateAverage(cfg.server_ema) if cfg.server_ema is not None else None
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()
@@ -117,16 +124,20 @@ def run_inprocess(
     histories: dict[int, list[tuple[float, float, int]]] = {u: [] for u in range(len(devices))}
     noise_gen = torch.Generator().manual_seed(cfg.noise_seed or 0)
 
-    def load(u: int) -> None:
-        model.load_global_state(glob)
+    def released() -> Arrays:
+        return glob if average is None else average.value(glob)
+
+    def load(u: int, state: Arrays | None = None) -> None:
+        model.load_global_state(glob if state is None else state)
         with torch.no_grad():
             for k in local_names:
                 params[k].copy_(torch.from_numpy(private[u][k]))
 
     def evaluation_sums(part: str) -> list[dict[str, float]]:
         sums = []
+        state = released()
         for u, dev in enumerate(devices):
-            load(u)
+            load(u, state)
             sums.append(evaluate_device(model, dev, part, private_refit=refit))
         return sums
 
@@ -227,6 +238,10 @@ def run_inprocess(
                 ledger.append(event)
             glob = opt.step(glob, delta)
             entry["user_epsilon"] = event.epsilon
+        if average is not None:
+            average.update(glob)
+        if on_round is not None:
+            on_round(r, glob, private)
         if losses:
             entry["train_loss"] = float(np.mean(losses))
         if local_dp is not None:

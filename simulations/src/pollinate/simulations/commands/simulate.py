@@ -81,6 +81,13 @@ def simulate(
     server_tau: Annotated[
         float | None, typer.Option(help="FedAdam/FedAdagrad's tau (default 1e-3)")
     ] = None,
+    server_ema: Annotated[
+        float | None,
+        typer.Option(
+            help="Evaluate and release an exponential moving average of the server's "
+            "iterates with this beta (default: the last iterate)"
+        ),
+    ] = None,
     aggregation: Annotated[
         str | None,
         typer.Option(
