@@ -232,7 +232,7 @@ class Server:
             "enroll": f"{MessageType.QUERY}.enroll",
         }[kind]
         messages = []
-        params = self.params if kind == "train" else self.released()
+        params = self.released() if kind == "evaluate" else self.params
         for node in nodes:
             content = self._content(round_, params, extra) if kind != "enroll" else RecordDict()
             messages.append(Message(content, node, msg_type, group_id=str(round_)))
@@ -295,21 +295,19 @@ class Server:
         if up is None:
             if total.count:
                 self.params = self.optimizer.step(self.params, total.mean())
-            if self.average is not None:
-                self.average.update(self.params)
-            return
-        assert isinstance(total, ClippedSum)
-        delta = total.noisy_mean(
-            noise_multiplier=up.noise_multiplier,
-            expected_devices=up.expected_devices,
-            rng=self.noise.rng,
-        )
-        event = up.release(round_)
-        LedgerWriter(self.ledger_path).append(event)
-        result.user_epsilon = event.epsilon
-        self.params = self.optimizer.step(self.params, delta)
+        else:
+            assert isinstance(total, ClippedSum)
+            delta = total.noisy_mean(
+                noise_multiplier=up.noise_multiplier,
+                expected_devices=up.expected_devices,
+                rng=self.noise.rng,
+            )
+            event = up.release(round_)
+            LedgerWriter(self.ledger_path).append(event)
+            result.user_epsilon = event.epsilon
+            self.params = self.optimizer.step(self.params, delta)
         if self.average is not None:
-            self.average.update(self.params)
+            self.average.update(self.params)  # every round, empty ones too
 
     def evaluate(
         self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
