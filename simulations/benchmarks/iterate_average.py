@@ -12,7 +12,9 @@ rounds given by ``--keep-private-from``. ``score`` evaluates, on the validation 
 rows of every device, the last iterate and exponential moving averages of the global
 iterates (:class:`pollinate.server.averaging.IterateAverage`, the debiased average that
 ``--server-ema β`` releases, started at round ``--ema-start``), each with the devices'
-last private parameters. It prints one JSON line per model. With ``--ema-start 1`` an
+last private parameters. It prints one JSON line per model; ``--per-device PREFIX``
+writes each device's test sums to ``PREFIX-MODEL.jsonl`` and its validation sums to
+``PREFIX-MODEL-valid.jsonl`` (for ``paired.py``). With ``--ema-start 1`` an
 average's test figures are those of a run trained with ``--server-ema β`` (tested).
 """
 
@@ -108,8 +110,9 @@ def score(args: argparse.Namespace) -> None:
             metrics, parts = evaluate(glob, part)
             row[part] = metrics
             row[f"{part}_se"] = standard_errors(cfg.task, parts)
-            if part == "test" and args.per_device:
-                path = Path(f"{args.per_device}-{name}.jsonl")
+            if args.per_device:
+                suffix = "" if part == "test" else "-valid"
+                path = Path(f"{args.per_device}-{name}{suffix}.jsonl")
                 with path.open("w") as f:
                     for u, p in enumerate(parts):
                         f.write(json.dumps({"device": u, **p}) + "\n")
@@ -128,7 +131,10 @@ def main() -> None:
     s.add_argument("--ema", default="0.5,0.8,0.9")
     s.add_argument("--ema-start", type=int, default=1)
     s.add_argument("--private-round", type=int)
-    s.add_argument("--per-device", help="prefix of per-device test sums files")
+    s.add_argument(
+        "--per-device",
+        help="prefix of per-device sums files: PREFIX-MODEL.jsonl (test), PREFIX-MODEL-valid.jsonl",
+    )
     args, rest = parser.parse_known_args()
     if args.command == "train":
         train(args, rest)

@@ -55,3 +55,8 @@ def test_the_scored_average_is_the_released_model_of_a_server_ema_run(tmp_path: 
     assert rows["ema0.6"]["test"] != rows["last"]["test"]
     per_device = (tmp_path / "dev-ema0.6.jsonl").read_text().splitlines()
     assert len(per_device) == CONFIG["synthetic-users"]
+    valid = [json.loads(line) for line in (tmp_path / "dev-ema0.6-valid.jsonl").open()]
+    assert len(valid) == CONFIG["synthetic-users"]
+    assert valid != [json.loads(line) for line in per_device]
+    hits = sum(v["ndcg@10_sum"] for v in valid) / sum(v["count"] for v in valid)
+    assert hits == pytest.approx(rows["ema0.6"]["valid"]["ndcg@10"], rel=1e-9)
