@@ -58,5 +58,5 @@ def test_the_scored_average_is_the_released_model_of_a_server_ema_run(tmp_path: 
     valid = [json.loads(line) for line in (tmp_path / "dev-ema0.6-valid.jsonl").open()]
     assert len(valid) == CONFIG["synthetic-users"]
     assert valid != [json.loads(line) for line in per_device]
-    hits = sum(v["ndcg@10_sum"] for v in valid) / sum(v["count"] for v in valid)
-    assert hits == pytest.approx(rows["ema0.6"]["valid"]["ndcg@10"], rel=1e-9)
+    ndcg = sum(v["ndcg@10_sum"] for v in valid) / sum(v["count"] for v in valid)
+    assert ndcg == pytest.approx(rows["ema0.6"]["valid"]["ndcg@10"], rel=1e-9)
