@@ -31,8 +31,9 @@ import numpy as np
 Arrays = dict[str, np.ndarray]
 
 
-def load_iterates(run: Path) -> list[Arrays]:
-    """The global parameters after rounds 1..R, in round order (float64)."""
+def load_iterates(run: Path) -> tuple[int, list[Arrays]]:
+    """(first round kept, the global parameters after each round from it, in round order,
+    float64)."""
     files = sorted((run / "rounds").glob("round-*.npz"), key=lambda p: int(p.stem.split("-")[1]))
     if len(files) < 3:
         raise SystemExit(f"{run}/rounds holds {len(files)} iterates; need at least 3")
@@ -43,7 +44,7 @@ def load_iterates(run: Path) -> list[Arrays]:
     for path in files:
         with np.load(path) as f:
             out.append({k: f[k].astype(np.float64) for k in f.files})
-    return out
+    return rounds[0], out
 
 
 def step_cosines(iterates: list[np.ndarray], axis: int | None = None) -> np.ndarray:
@@ -53,9 +54,7 @@ def step_cosines(iterates: list[np.ndarray], axis: int | None = None) -> np.ndar
     a, b = steps[:-1], steps[1:]
     if axis is None:
         a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-        dot, na, nb = (a * b).sum(1), (a * a).sum(1), (b * b).sum(1)
-    else:
-        dot, na, nb = (a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1)
+    dot, na, nb = (a * b).sum(-1), (a * a).sum(-1), (b * b).sum(-1)
     denom = np.sqrt(na * nb)
     return np.where(denom > 0, dot / np.where(denom > 0, denom, 1.0), 0.0)
 
@@ -109,20 +108,17 @@ def by_popularity(
 
 
 def training_popularity(run: Path, n_items: int) -> np.ndarray:
-    """How often each item occurs in the devices' training rows of the run's data."""
-    from pollinate.client.device_data import DeviceIndex, with_validation_in_training
+    """How often each item occurs in the training rows of the run's data (and its
+    validation rows, which a ``--train-on-validation`` run trains on)."""
     from pollinate.shared.config import FederationConfig
     from pollinate.shared.tasks import load_task_for
 
     cfg = FederationConfig.from_mapping(json.loads((run / "config.json").read_text()))
-    index = DeviceIndex(load_task_for(cfg))
-    pop = np.zeros(n_items)
-    for u in range(index.n_devices):
-        device = index.device(u)
-        if cfg.train_on_validation:
-            device = with_validation_in_training(device)
-        np.add.at(pop, np.asarray(device.data.items)[np.asarray(device.split.train)], 1)
-    return pop
+    task = load_task_for(cfg)
+    rows = task.split.train
+    if cfg.train_on_validation:
+        rows = np.concatenate([rows, task.split.valid])
+    return np.bincount(task.data.items[rows], minlength=n_items).astype(np.float64)
 
 
 def main() -> None:
@@ -132,8 +128,7 @@ def main() -> None:
     parser.add_argument("--from-round", type=int, default=10, help="start of net/path")
     parser.add_argument("--by-popularity", action="store_true")
     args = parser.parse_args()
-    iterates = load_iterates(args.run)
-    first = min(int(p.stem.split("-")[1]) for p in (args.run / "rounds").glob("round-*.npz"))
+    first, iterates = load_iterates(args.run)
     from_index = max(args.from_round - first, 0)
     if from_index > len(iterates) - 2:
         raise SystemExit(f"--from-round {args.from_round} leaves fewer than two iterates")
