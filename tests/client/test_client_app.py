@@ -94,6 +94,35 @@ def test_an_evaluation_reply_carries_sums_only() -> None:
     assert set(reply.content.metric_records["metrics"].keys()) <= EVAL_METRIC_KEYS
 
 
+def test_the_client_app_scores_an_adapted_copy_and_keeps_no_state() -> None:
+    plain = CFG
+    adapted = FederationConfig.from_mapping(
+        {**CFG.to_flat(), "adapt-epochs": 2, "adapt-lr-scale": 0.5}
+    )
+    ctx = context(4)
+    client_app.train(message("train", 1, plain), ctx)
+    saved = {k: v.numpy().copy() for k, v in ctx.state.array_records["pollinate.local"].items()}
+
+    def sums(cfg: FederationConfig) -> dict[str, float]:
+        reply = client_app.evaluate(message("evaluate", 1, cfg, part="valid"), ctx)
+        assert set(reply.content.keys()) == {"metrics"} and not reply.content.array_records
+        metrics = dict(reply.content.metric_records["metrics"])
+        assert set(metrics) <= EVAL_METRIC_KEYS
+        return metrics  # type: ignore[return-value]
+
+    as_received = sums(plain)
+    first, second = sums(adapted), sums(adapted)
+    assert first["count"] == as_received["count"] == 1
+    # The adapted copy scores differently, and the same way twice: nothing of it was kept.
+    assert first["se_sum"] != pytest.approx(as_received["se_sum"], rel=1e-6)
+    assert first == second
+    assert sums(plain) == as_received
+    after = ctx.state.array_records["pollinate.local"]
+    assert set(after.keys()) == set(saved)
+    for k, v in saved.items():
+        np.testing.assert_array_equal(after[k].numpy(), v)
+
+
 def test_ranking_evaluation_sums_use_the_reference_names() -> None:
     cfg = FederationConfig.from_mapping(
         {

@@ -151,3 +151,18 @@ def test_server_ema_evaluates_the_iterate_average_and_trains_on_the_live_iterate
     assert losses(ema) == losses(plain) == losses(beta0)
     assert ema.final != plain.final
     assert beta0.final == plain.final  # β = 0 releases the last iterate
+
+
+def test_local_adaptation_changes_what_is_scored_and_not_what_is_trained(tmp_path: Path) -> None:
+    overrides = {"task": "ranking", "rounds": 2, "sample-rate": 1.0, "eval-every": 1}
+    plain, _ = run(tmp_path / "plain", **overrides)
+    adapted, _ = run(tmp_path / "adapted", **overrides, **{"adapt-epochs": 1})
+    # The adapted copies are dropped: every round trains on the same model either way.
+    losses = [[h.get("train_loss") for h in r.history] for r in (plain, adapted)]
+    assert losses[0] == losses[1] and losses[0][-1] is not None
+    # Every evaluation scores the adapted copies instead, on the same rows.
+    evals = [[h["eval"]["ndcg@10"] for h in r.history if "eval" in h] for r in (plain, adapted)]
+    assert len(evals[0]) == len(evals[1]) == 3
+    assert all(a != b for a, b in zip(*evals, strict=True))
+    assert adapted.final != plain.final
+    assert sum(p["count"] for p in adapted.final_parts) == 80

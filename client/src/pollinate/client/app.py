@@ -20,6 +20,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from pollinate.client.adaptation import LocalAdaptation, adapt_locally
 from pollinate.client.device_data import DeviceData, DeviceIndex, with_validation_in_training
 from pollinate.client.dp_training import (
     LocalDPConfig,
@@ -88,7 +89,7 @@ def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
     return with_validation_in_training(device) if config.get("train-on-validation") else device
 
 
-def _generator(
+def device_generator(
     config: Mapping[str, Any], round_: int, partition: int, salt: int
 ) -> torch.Generator:
     """Per (run seed, round, device) generator: reproducible, independent across devices."""
@@ -132,7 +133,7 @@ def fresh_model(config: Mapping[str, Any], device: DeviceData, partition: int) -
     private parameters are those of a device that never trained, the same in every round
     (seeded by the run seed and the partition)."""
     with torch.random.fork_rng():
-        init = _generator(config, 0, partition, salt=2)
+        init = device_generator(config, 0, partition, salt=2)
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=init)))
         return _build(config, device)
 
@@ -151,7 +152,7 @@ def _prepare(
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
     round_ = integer(config["round"], "round")
-    gen = _generator(config, round_, partition, salt=int(evaluating))
+    gen = device_generator(config, round_, partition, salt=int(evaluating))
     model = fresh_model(config, device, partition)
     model.load_global_state(record_to_arrays(message.content.array_records[GLOBAL_RECORD]))
     store = _state_store(config, context)
@@ -194,6 +195,14 @@ def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
 def private_refit(config: Mapping[str, Any]) -> float | None:
     """The L2 weight of the closed-form private refit, or ``None`` when it is off."""
     return float(config["refit-reg"]) if config.get("private-refit") else None
+
+
+def local_adaptation(config: Mapping[str, Any]) -> LocalAdaptation | None:
+    """The local adaptation before evaluating, or ``None`` when ``adapt-epochs`` is 0."""
+    epochs = int(config.get("adapt-epochs") or 0)
+    if epochs == 0:
+        return None
+    return LocalAdaptation(epochs=epochs, lr_scale=float(config["adapt-lr-scale"]))
 
 
 def _optional_int(config: Mapping[str, Any], key: str) -> int | None:
@@ -245,7 +254,7 @@ def _train_private(
     dp = local_dp_config(config)
     history = store.load_history()
     partition = int(context.node_config.get("partition-id", 0))
-    noise_gen = _generator({"seed": config.get("noise-seed") or 0}, round_, partition, salt=3)
+    noise_gen = device_generator({"seed": config.get("noise-seed") or 0}, round_, partition, salt=3)
     ledger = _ledger(config, context)
     key = str(device_key(context))
 
@@ -339,7 +348,11 @@ def enroll(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    config, device, model, _, _ = _prepare(message, context, evaluating=True)
+    config, device, model, _, gen = _prepare(message, context, evaluating=True)
+    adapt = local_adaptation(config)
+    if adapt is not None:
+        # The adapted copy is scored and dropped: evaluating saves no state.
+        adapt_locally(model, device, train_config(config), adapt, gen)
     sums = evaluate_device(model, device, str(config["part"]), private_refit=private_refit(config))
     content = RecordDict({METRICS_RECORD: MetricRecord(sums)})  # type: ignore[arg-type]
     check_outgoing(content, kind="evaluate", spec={})

@@ -57,7 +57,7 @@ DEVICE_KEYS = (
     "max-local-steps", "train-on-validation", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
     "refit-reg", "encoder-max-grad-norm", "device-optimizer", "private-weight-decay",
-    "seed", "device-state-dir",
+    "seed", "device-state-dir", "adapt-epochs", "adapt-lr-scale",
     "rounds",
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
     "local-accountant", "local-grad-sample-mode", "noise-seed",

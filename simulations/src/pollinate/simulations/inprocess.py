@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pollinate.client.app import local_dp_config, private_refit, train_config
+from pollinate.client.adaptation import adapt_locally
+from pollinate.client.app import (
+    device_generator,
+    local_adaptation,
+    local_dp_config,
+    private_refit,
+    train_config,
+)
 from pollinate.client.device_data import DeviceData, DeviceIndex, with_validation_in_training
 from pollinate.client.dp_training import train_device_dp
 from pollinate.client.evaluation import evaluate_device
@@ -111,6 +118,7 @@ def run_inprocess(
     flat = cfg.to_flat()
     train_cfg = train_config(flat)
     refit = private_refit(flat)
+    adapt = local_adaptation(flat)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     record_environment(out)
@@ -133,16 +141,21 @@ def run_inprocess(
             for k in local_names:
                 params[k].copy_(torch.from_numpy(private[u][k]))
 
-    def evaluation_sums(part: str) -> list[dict[str, float]]:
+    def evaluation_sums(round_: int, part: str) -> list[dict[str, float]]:
         sums = []
         state = released()
         for u, dev in enumerate(devices):
             load(u, state)
+            if adapt is not None:
+                # As the ClientApp does: the same generator, and the adapted copy is
+                # dropped (load() restores the model before anything else uses it).
+                gen_u = device_generator(flat, round_, u, salt=1)
+                adapt_locally(model, dev, train_cfg, adapt, gen_u)
             sums.append(evaluate_device(model, dev, part, private_refit=refit))
         return sums
 
-    def evaluate(part: str) -> dict[str, float]:
-        return finalize(cfg.task, add_sums(evaluation_sums(part)))
+    def evaluate(round_: int, part: str) -> dict[str, float]:
+        return finalize(cfg.task, add_sums(evaluation_sums(round_, part)))
 
     result = InProcessResult()
 
@@ -152,7 +165,7 @@ def run_inprocess(
             log(entry)
 
     if cfg.eval_every:
-        emit({"round": 0, "eval": evaluate("valid")})
+        emit({"round": 0, "eval": evaluate(0, "valid")})
     for r in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         if user is not None and not user.next_round_allowed():
@@ -249,13 +262,13 @@ def run_inprocess(
             entry["local_epsilon_max"] = max(eps_local, default=None)
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         if cfg.eval_every and (r % cfg.eval_every == 0 or r == cfg.rounds):
-            entry["eval"] = evaluate("valid")
+            entry["eval"] = evaluate(r, "valid")
             private_norms = [update_norm(state) for state in private.values()]
             # The private vectors train without L2 by default: a runaway one shows here.
             entry["private_norm_median"] = float(np.median(private_norms))
             entry["private_norm_max"] = max(private_norms)
         emit(entry)
-    final_parts = evaluation_sums("test")
+    final_parts = evaluation_sums(cfg.rounds + 1, "test")
     result.final = finalize(cfg.task, add_sums(final_parts))
     result.final_se = standard_errors(cfg.task, final_parts)
     result.final_parts = final_parts

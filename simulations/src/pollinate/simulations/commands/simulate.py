@@ -150,6 +150,18 @@ def simulate(
     refit_reg: Annotated[
         float | None, typer.Option(help="L2 weight of the private refit (per row)")
     ] = None,
+    adapt_epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Before every evaluation each device fine-tunes a copy of its model for this "
+            "many epochs on its training rows, and scores with it (default 0: off; not with "
+            "--dp local)"
+        ),
+    ] = None,
+    adapt_lr_scale: Annotated[
+        float | None,
+        typer.Option(help="The adaptation's rates, times the device's rates (default 0.5)"),
+    ] = None,
     history_len: Annotated[
         int | None, typer.Option(help="Behaviour history length (interest)")
     ] = None,
