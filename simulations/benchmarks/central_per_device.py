@@ -1,7 +1,7 @@
 """Evaluate a centralized model through the federated devices, user by user.
 
     python simulations/benchmarks/central_per_device.py CENTRAL_OUT RUN_DIR \
-        [--part test] [--per-device FILE] [--private-scale S]
+        [--part test] [--per-device FILE] [--private-scale S] [--adapt-epochs E --adapt-lr-scale S]
 
 ``CENTRAL_OUT`` is a ``pollinate centralized --out`` directory (``model.npz``); RUN_DIR
 a federated run directory of the same dataset, task and architecture (its
@@ -11,6 +11,13 @@ a federated device does. The totals must equal the centralized run's own test fi
 (a check that the two evaluations agree), and ``--per-device`` writes the same per-user
 sums as ``rescore_run.py --per-device``, so that ``paired.py`` compares the federated
 and the centralized model on the same users.
+
+``--adapt-epochs E`` has every device adapt its copy of the centralized model locally
+before it scores, as ``pollinate simulate --adapt-epochs E`` does with a federated model
+(pollinate.client.adaptation; the device recipe of RUN_DIR's config at
+``--adapt-lr-scale`` times its rates, on the rows RUN_DIR's devices train on, with the
+generator of the ClientApp's final evaluation): what the same on-device step is worth to
+the centralized model.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pollinate.client.app import fresh_model
-from pollinate.client.device_data import DeviceIndex
+from pollinate.client.adaptation import LocalAdaptation, adapt_locally
+from pollinate.client.app import device_generator, fresh_model, train_config
+from pollinate.client.device_data import DeviceIndex, with_validation_in_training
 from pollinate.client.evaluation import evaluate_device
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.shared.config import FederationConfig
@@ -40,6 +48,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("valid", "test"), default="test")
     parser.add_argument("--per-device", type=Path, help="write each device's sums here")
     parser.add_argument("--private-scale", type=float, default=1.0)
+    parser.add_argument("--adapt-epochs", type=int, default=0)
+    parser.add_argument("--adapt-lr-scale", type=float, default=0.5)
     args = parser.parse_args()
     cfg = FederationConfig.from_mapping(json.loads((args.run_dir / "config.json").read_text()))
     use_one_thread()
@@ -48,6 +58,7 @@ def main() -> None:
     with np.load(args.central / "model.npz") as saved:
         weights = {k: saved[k] for k in saved.files}
     flat = cfg.to_flat()
+    adapt = LocalAdaptation(args.adapt_epochs, args.adapt_lr_scale) if args.adapt_epochs else None
     parts: list[dict[str, float]] = []
     for u in range(index.n_devices):
         device = index.device(u)
@@ -56,6 +67,10 @@ def main() -> None:
             load_user_rows(model, weights, u, args.private_scale)
         except ConfigError as e:
             sys.exit(f"{args.central}: {e}")
+        if adapt is not None:
+            trained_on = with_validation_in_training(device) if cfg.train_on_validation else device
+            gen = device_generator(flat, cfg.rounds + 1, u, salt=1)
+            adapt_locally(model, trained_on, train_config(flat), adapt, gen)
         parts.append(evaluate_device(model, device, args.part))
     if args.per_device is not None:
         with args.per_device.open("w") as f:
@@ -65,6 +80,7 @@ def main() -> None:
         "central": str(args.central),
         "part": args.part,
         "private_scale": args.private_scale,
+        "adapt_epochs": args.adapt_epochs,
         "devices": len(parts),
         "metrics": finalize(cfg.task, add_sums(parts)),
         "se": standard_errors(cfg.task, parts),

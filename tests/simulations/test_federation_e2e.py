@@ -177,6 +177,42 @@ def test_an_interest_run_with_dropout_resumes_to_the_same_result(tmp_path: Path)
     assert any(not np.allclose(a[k], live[k]) for k in a.files)
 
 
+def test_local_adaptation_on_flower_is_reproduced_by_the_rescoring_script(tmp_path: Path) -> None:
+    """Each device scores a locally adapted copy of the final model (``adapt-epochs``);
+    simulations/benchmarks/local_adaptation.py redoes that from the run directory and gets
+    the run's figures exactly, and without adaptation the figures the model gives as is."""
+    import subprocess
+    import sys
+
+    run = simulate(
+        tmp_path, "adapted", rounds=2, task="ranking", model="interest", **{
+            "synthetic-users": 60, "synthetic-items": 50, "local-epochs": 1,
+            "sample-rate": 1.0, "eval-every": 0, "train-on-validation": True,
+            "adapt-epochs": 1, "adapt-lr-scale": 0.5,
+        },
+    )  # fmt: skip
+    final = json.loads((run / "metrics.json").read_text())["final"]
+    script = Path(__file__).resolve().parents[2] / "simulations/benchmarks/local_adaptation.py"
+
+    def rescore(*args: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, str(script), str(run), *args],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    again = rescore("--epochs", "1", "--lr-scale", "0.5")
+    assert again["devices"] == 60
+    for name, value in final.items():
+        assert again["metrics"][name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+    as_is = rescore("--epochs", "0")
+    assert as_is["metrics"]["ndcg@10"] != pytest.approx(final["ndcg@10"], rel=1e-6)
+    # What left the devices in the final evaluation: sums, no arrays.
+    up = [m for m in read_jsonl(run / "messages.jsonl")
+          if m["direction"] == "up" and m["kind"] == "evaluate"]  # fmt: skip
+    assert len(up) == 60 and all(not m["arrays"] for m in up)
+
+
 def test_the_cli_survives_empty_rounds(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
