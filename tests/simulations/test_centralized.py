@@ -174,3 +174,13 @@ def test_the_centralized_model_scores_the_same_through_the_devices(tmp_path: Pat
         assert out["metrics"][name] == pytest.approx(report["final"][name], rel=1e-9), name
     rows = (tmp_path / "per.jsonl").read_text().splitlines()
     assert len(rows) == out["devices"] == report["n_users"]
+    # With the devices' local adaptation first (the federated device recipe of the run's
+    # config), the same model scores differently on the same users.
+    done = subprocess.run(
+        [sys.executable, str(script), str(central_out), str(run), "--adapt-epochs", "1",
+         "--adapt-lr-scale", "1.0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    adapted = json.loads(done.stdout)
+    assert adapted["adapt_epochs"] == 1 and adapted["devices"] == out["devices"]
+    assert adapted["metrics"]["ndcg@10"] != pytest.approx(out["metrics"]["ndcg@10"], rel=1e-6)
