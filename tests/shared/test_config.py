@@ -42,8 +42,12 @@ def test_unknown_keys_are_rejected_with_the_known_ones_listed() -> None:
                 "dp": "local",
                 "local-noise": 1.0,
             },
-            "DP-SGD clips every example",
+            "use --dp user with --model interest",
         ),
+        ({"local-accountant": "rdp"}, "only dp-accounting's PLD"),
+        ({"dp": "local", "local-noise": 0.2}, "below 0.3, where the replace-one PLD"),
+        ({"local-evaluation": "raw"}, "local-evaluation"),
+        ({"local-eval-noise": 0}, "local-eval-noise"),
     ],
 )
 def test_bad_values_say_what_is_wrong(values: dict[str, object], problem: str) -> None:
@@ -114,6 +118,30 @@ def test_dropout_and_adam_encoder_are_interest_settings() -> None:
     # ... and mf, which has no encoder, is refused.
     with pytest.raises(ConfigError, match="adam-encoder"):
         FederationConfig.from_mapping({"task": "ranking", "device-optimizer": "adam-encoder"})
+
+
+@pytest.mark.parametrize("dp", ["local", "both"])
+def test_interest_is_refused_under_local_dp_with_the_reason(dp: str) -> None:
+    interest = {"task": "ranking", "model": "interest", "history-len": 5}
+    with pytest.raises(ConfigError, match=r"up to history_len \+ 1 = 6 examples.*--dp user"):
+        FederationConfig.from_mapping(interest | {"dp": dp, "local-noise": 1.0, "user-noise": 1.0})
+    assert FederationConfig.from_mapping(interest | {"dp": "user", "user-noise": 1.0}).user_dp
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_local_accountants_other_than_pld_are_refused_with_the_reason(accountant: str) -> None:
+    with pytest.raises(ConfigError, match=r"replace-one neighbouring relation.*add/remove only"):
+        FederationConfig.from_mapping(
+            {"dp": "local", "local-noise": 1.0, "local-accountant": accountant}
+        )
+    assert FederationConfig().local_accountant == "pld"
+
+
+def test_the_device_evaluation_policy_defaults_to_refusing() -> None:
+    cfg = FederationConfig()
+    assert (cfg.local_evaluation, cfg.local_eval_noise) == ("refuse", 10.0)
+    noised = FederationConfig.from_mapping({"local-evaluation": "noised", "local-eval-noise": 4})
+    assert (noised.local_evaluation, noised.local_eval_noise) == ("noised", 4.0)
 
 
 def test_full_softmax_is_refused_under_local_dp_only() -> None:

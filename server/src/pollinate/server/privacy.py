@@ -1,13 +1,23 @@
 """The server's privacy bookkeeping: the user-level accountant, budgets and the ledger.
 
-:class:`UserPrivacy` holds the settings of the user-level mechanism (clip ``S``, noise
-multiplier ``z``, Poisson rate ``q``, δ) and the rounds released so far. ε is always
-recomputed from the whole list of released rounds with dp-accounting (consecutive
-identical rounds composed as one self-composed event), so it is the ε of one continuous
-accountant, never of a fresh one.
+:class:`UserPrivacy` holds the settings of the user-level mechanism (unit: one user;
+neighbours: add/remove one, a device is in the Poisson sample or not; clip ``S``, noise
+multiplier ``z``, rate ``q``, δ) and the rounds released so far. ε is always recomputed
+from the whole list of released rounds with dp-accounting's RDP or PLD accountant
+(:func:`~pollinate.shared.privacy.accounting.user_epsilon`), so it is the ε of one
+continuous accountant, never of a fresh one. Its ledger events say
+``neighbouring="add_remove"``.
+
+A resumed run restores the released rounds from the ledger (:func:`restore_user_rounds`):
+every user event in it, including any released after the last checkpoint (over-counted,
+never under-counted). A missing, unreadable or truncated ledger stops the resume with a
+:class:`LedgerResumeError` instead of restarting the accountant at ε = 0.
 
 :func:`privacy_summary` turns the run's ledger into the ``"privacy"`` block of
-``metrics.json``.
+``metrics.json``: every ε in it is recomputed from the events
+(:func:`~pollinate.shared.privacy.ledger.recompute`), never copied from a live value or a
+recorded field, and a ledger whose recorded ε disagrees with the recomputation is an
+error.
 """
 
 from __future__ import annotations
@@ -20,10 +30,18 @@ from typing import Any
 
 from pollinate.server.user_dp import default_user_delta
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import PollinateError
 from pollinate.shared.privacy.accounting import calibrate_user_noise, user_epsilon
-from pollinate.shared.privacy.ledger import LedgerEvent, read_ledger
+from pollinate.shared.privacy.ledger import LedgerError, LedgerEvent, read_ledger, recompute
 
 USER_MECHANISM = "Poisson-sampled Gaussian sum of per-user clipped updates"
+
+#: Largest relative difference between a recorded and a recomputed ε that a summary accepts.
+LEDGER_TOLERANCE = 1e-6
+
+
+class LedgerResumeError(PollinateError):
+    """A user-level DP run cannot resume: its ledger is missing, unreadable or truncated."""
 
 
 @lru_cache(maxsize=8)
@@ -95,7 +113,13 @@ class UserPrivacy:
             delta=self.delta,
             accountant=f"dp-accounting-{self.accountant}",
             epsilon=self.epsilon,
+            neighbouring="add_remove",
+            kind="train",
         )
+
+    def restore(self, ledger_path: Path, checkpoint_round: int) -> None:
+        """Resume the accountant from the run's ledger (see :func:`restore_user_rounds`)."""
+        self.rounds = restore_user_rounds(ledger_path, checkpoint_round)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -111,43 +135,146 @@ class UserPrivacy:
         }
 
 
-def privacy_summary(ledger_path: Path, n_devices: int) -> dict[str, Any]:
-    """The ``"privacy"`` block of ``metrics.json``, from the ledger alone.
+def restore_user_rounds(ledger_path: Path, checkpoint_round: int) -> list[tuple[float, float]]:
+    """The user-level rounds ``[(noise, rate), ...]`` released so far, from the ledger.
 
-    Local ε is per device, the cumulative ε of its last event; ``epsilon_median`` is over
-    the devices that trained at least once (``devices_trained`` says how many). Devices
-    that never trained spent nothing.
+    Every user event counts (an event of ``steps`` steps as that many rounds), including
+    those released after the checkpoint, which a resumed run releases again: ε is
+    over-counted, never under-counted. Raises :class:`LedgerResumeError` when the ledger
+    is missing, unreadable, inconsistent, or holds fewer user training events than the
+    checkpoint's ``checkpoint_round`` rounds (every such round released one).
+    """
+    fix = (
+        "restore the run's ledger.jsonl from a backup and resume again, or start a new run "
+        "in a new --out directory (its ε starts from 0 and covers only its own releases)"
+    )
+    if not ledger_path.exists():
+        raise LedgerResumeError(
+            f"cannot resume a user-level DP run: its ledger {ledger_path} is missing, while the "
+            f"checkpoint is at round {checkpoint_round}; without it the accountant would "
+            f"restart at ε = 0. To fix: {fix}"
+        )
+    try:
+        events = read_ledger(ledger_path)
+        consistency = recompute(events).worst_relative_error
+    except (LedgerError, OSError, UnicodeDecodeError) as exc:
+        raise LedgerResumeError(
+            f"cannot resume a user-level DP run: its ledger {ledger_path} is unreadable "
+            f"({exc}). To fix: {fix}"
+        ) from exc
+    if consistency > LEDGER_TOLERANCE:
+        raise LedgerResumeError(
+            f"cannot resume a user-level DP run: a recorded ε in {ledger_path} differs from "
+            f"its recomputation by {consistency:.3g} (relative); the ledger was altered. "
+            f"To fix: {fix}"
+        )
+    user = sorted(
+        (e for e in events if e.layer == "user"), key=lambda e: (e.round, e.kind != "train")
+    )
+    trained = sum(1 for e in user if e.kind == "train")
+    if trained < checkpoint_round:
+        raise LedgerResumeError(
+            f"cannot resume a user-level DP run: its ledger {ledger_path} holds {trained} "
+            f"user-level training releases but the checkpoint is at round {checkpoint_round}, "
+            f"which released one every round; the ledger is truncated and the accountant "
+            f"would under-count ε. To fix: {fix}"
+        )
+    return [(e.noise_multiplier, e.sample_rate) for e in user for _ in range(e.steps)]
+
+
+def _relation(events: list[LedgerEvent]) -> str | list[str]:
+    found: list[str] = sorted({e.neighbouring for e in events})
+    return found[0] if len(found) == 1 else found
+
+
+def _counts(events: list[LedgerEvent]) -> dict[str, int]:
+    return {kind: sum(1 for e in events if e.kind == kind) for kind in ("train", "evaluate")}
+
+
+def privacy_summary(ledger_path: Path, n_devices: int) -> dict[str, Any]:
+    """The ``"privacy"`` block of ``metrics.json``, recomputed from the ledger alone.
+
+    Every ε is :func:`~pollinate.shared.privacy.ledger.recompute`'s, not the recorded
+    field; a recorded ε that differs from it by more than ``LEDGER_TOLERANCE`` (relative)
+    raises :class:`~pollinate.shared.privacy.ledger.LedgerError`, since an inconsistent
+    ledger must never be reported as if it were sound. Local ε is per device, after its
+    last release (training or evaluation); ``epsilon_median`` is over the devices with
+    at least one release (``devices_accounted``; ``devices_trained`` counts those that
+    trained). Devices that released nothing spent nothing.
     """
     if not ledger_path.exists():
         return {}
     events = read_ledger(ledger_path)
-    out: dict[str, Any] = {}
-    last_local: dict[str, LedgerEvent] = {}
-    user: LedgerEvent | None = None
-    for e in events:
-        if e.layer == "local":
-            prev = last_local.get(str(e.device))
-            if prev is None or e.round >= prev.round:
-                last_local[str(e.device)] = e
-        elif user is None or e.round >= user.round:
-            user = e
-    if last_local:
-        eps = [e.epsilon for e in last_local.values()]
+    fresh = recompute(events)
+    if fresh.worst_relative_error > LEDGER_TOLERANCE:
+        raise LedgerError(
+            f"{ledger_path}: a recorded ε differs from its recomputation by "
+            f"{fresh.worst_relative_error:.3g} (relative, tolerance {LEDGER_TOLERANCE}); the "
+            "ledger is inconsistent (altered, or written by another accountant version) and no "
+            "privacy summary is reported from it. Recompute it with "
+            "pollinate.shared.privacy.ledger.recompute to find the event"
+        )
+    out: dict[str, Any] = {"worst_relative_error": fresh.worst_relative_error}
+    local = [e for e in events if e.layer == "local"]
+    user = [e for e in events if e.layer == "user"]
+    if local:
+        eps = list(fresh.local.values())
         out["local"] = {
             "unit": "interaction",
+            "neighbouring": _relation(local),
             "epsilon_max": max(eps),
             "epsilon_median": statistics.median(eps),
-            "delta": max(e.delta for e in last_local.values()),
-            "devices_trained": len(eps),
+            "delta": max(e.delta for e in local),
+            "devices_accounted": len(eps),
+            "devices_trained": len({e.device for e in local if e.kind == "train"}),
             "devices": n_devices,
-            "accountant": sorted({e.accountant for e in last_local.values()}),
+            "events": _counts(local),
+            "accountant": sorted({e.accountant for e in local}),
         }
-    if user is not None:
+    if user:
+        last = max(user, key=lambda e: (e.round, e.kind != "train"))
         out["user"] = {
             "unit": "user",
-            "epsilon": user.epsilon,
-            "delta": user.delta,
-            "rounds_released": sum(1 for e in events if e.layer == "user"),
-            "accountant": user.accountant,
+            "neighbouring": _relation(user),
+            "epsilon": fresh.user,
+            "delta": last.delta,
+            "rounds_released": sum(1 for e in user if e.kind == "train"),
+            "events": _counts(user),
+            "accountant": last.accountant,
         }
     return out
+
+
+#: What each DP layer guarantees, stated once for metrics.json and release/privacy.json.
+LAYER_GUARANTEES: dict[str, dict[str, Any]] = {
+    "local": {
+        "unit": "one interaction (a rating, a view) of one user",
+        "neighbouring": "replace_one: one interaction changed; the device's number of "
+        "interactions is treated as public",
+        "protects_against": "the server and everyone who sees what devices send or what "
+        "the server releases",
+        "trusted": "the device alone; its policy (node config), never a server message, "
+        "sets its noise, clip, δ and budget",
+        "accounted": "every DP-SGD round of every device and every noised evaluation reply "
+        "(ledger kinds 'train' and 'evaluate'), over the device's whole life",
+        "not_covered": "the number of interactions a device has; that a device took part; "
+        "model, hyper-parameter and round-count choices made on the same users' data",
+    },
+    "user": {
+        "unit": "one user: everything on one device",
+        "neighbouring": "add_remove: one user's participation (Poisson-sampled at rate q)",
+        "protects_against": "everyone who sees the released model (the iterates the server "
+        "sends out, and the final model)",
+        "trusted": "the server: it sees each sampled device's raw update (sparse: it shows "
+        "which items the device touched) and its evaluation sums",
+        "accounted": "every server round, including rounds no device joined",
+        "not_covered": "the devices' evaluation sums (un-noised, kept in the operator files); "
+        "model, hyper-parameter and round-count choices made on the same users' data",
+    },
+}
+
+
+def guarantees(dp: str) -> dict[str, dict[str, Any]]:
+    """The guarantee of each layer that ``dp`` turns on (empty without DP)."""
+    layers = {"local": ("local",), "user": ("user",), "both": ("local", "user")}.get(dp, ())
+    return {layer: dict(LAYER_GUARANTEES[layer]) for layer in layers}

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pollinate.shared.errors import ConfigError
 
@@ -198,11 +205,20 @@ class FederationConfig(BaseModel):
     local_clip: float = Field(0.5, gt=0)
     local_epsilon_budget: float | None = Field(None, gt=0)
     local_delta: float | None = Field(None, gt=0, lt=1)
-    local_accountant: Literal["rdp", "prv"] = "rdp"
+    #: The interaction-level accountant: dp-accounting's PLD under replace-one neighbours,
+    #: the only one that accounts a Poisson-sampled Gaussian with a public example count
+    #: (``rdp``/``prv``, Opacus's add/remove accountants, are refused with the reason).
+    local_accountant: Literal["pld"] = "pld"
     #: Opacus per-example clipping: "hooks" materialises per-example gradients (any
     #: model); "ghost" computes only their norms (far less memory; ``mf`` with
     #: ``weight-decay`` 0 only, see pollinate.client.dp_training).
     local_grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
+    #: How a simulated device under local DP answers an evaluation request: ``refuse``
+    #: (it sends nothing) or ``noised`` (its clipped evaluation sums with Gaussian noise,
+    #: composed into its accountant and ledger as a ``kind="evaluate"`` release).
+    local_evaluation: Literal["refuse", "noised"] = "refuse"
+    #: Noise multiplier z_e of a noised evaluation release (a plain Gaussian, std z_e·C).
+    local_eval_noise: float = Field(10.0, gt=0)
     user_noise: float | None = Field(None, gt=0)
     user_epsilon: float | None = Field(None, gt=0)
     user_clip: float = Field(0.1, gt=0)
@@ -237,10 +253,27 @@ class FederationConfig(BaseModel):
                 values[key] = value
         return values
 
+    @field_validator("local_accountant", mode="before")
+    @classmethod
+    def _pld_only(cls, value: Any) -> Any:
+        if value != "pld":
+            # Imported here: dp-accounting takes a second to import.
+            from pollinate.shared.privacy.accounting import LOCAL_ACCOUNTANT_REASON
+
+            raise ValueError(f"local accountant {value!r} refused: {LOCAL_ACCOUNTANT_REASON}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
         if self.model == "interest" and self.task == "rating":
             raise ValueError("the interest model ranks items; use --task ranking with it")
+        if self.model == "interest" and self.local_dp:
+            raise ValueError(
+                f"--dp {self.dp} protects one training example, but an interest example "
+                f"carries the previous --history-len interactions, so one interaction appears "
+                f"in up to history_len + 1 = {self.history_len + 1} examples and DP-SGD's "
+                "per-example bound does not cover it; use --dp user with --model interest"
+            )
         if (self.task == "rating") != (self.loss == "mse"):
             raise ValueError(f"loss {self.loss!r} does not fit the {self.task} task")
         if self.local_dp and self.loss in ("softmax", "shared_softmax"):
@@ -318,6 +351,12 @@ class FederationConfig(BaseModel):
                     f"--{layer}-noise/--{layer}-epsilon are set but --dp is {self.dp!r}; "
                     f"use --dp {layer} or --dp both"
                 )
+        if self.local_noise is not None and self.local_noise < 0.3:
+            raise ValueError(
+                f"--local-noise {self.local_noise} is below 0.3, where the replace-one PLD "
+                "accountant needs gigabytes and ε exceeds 100 within 20 steps (a device "
+                "would report ε = inf); use --local-noise 0.3 or more"
+            )
         if self.user_accountant == "pld" and self.user_noise is not None and self.user_noise < 0.3:
             raise ValueError(
                 f"--user-noise {self.user_noise} is below 0.3, where the PLD accountant needs "
