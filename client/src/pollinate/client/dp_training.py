@@ -15,6 +15,12 @@ Two halves, kept apart:
   device's state; ε is always that of the *whole* history (one continuous accountant,
   :func:`~pollinate.shared.privacy.accounting.local_epsilon`). A fresh ``PrivacyEngine``
   per round, as in Flower's Opacus example, reports the ε of one round only.
+  Neighbours are **replace one**: the device releases its example count n (and q,
+  steps and δ derived from it), so ε is that of one interaction changed in a dataset of
+  public size, accounted with dp-accounting's PLD accountant under ``REPLACE_ONE``
+  (sensitivity 2C; Opacus's RDP/PRV accountants assume add/remove and are not used).
+  An evaluation release of the device is a plain Gaussian and enters the same history
+  as ``(z_e, 1.0, 1)``.
 * **the training loop**: :func:`train_device_dp`.
 
 Choices, and why:
@@ -43,20 +49,24 @@ Choices, and why:
   examples). An empty batch is still a DP step: it is accounted, and the optimizer adds
   the same noise to a zero clipped sum. No forward pass is run for it; its per-example
   gradients are empty tensors.
-* Noise randomness. ``secure_rng=True``: a fresh ``torch.Generator`` seeded with 63 bits
-  from :mod:`secrets` every round, and Opacus's ``secure_mode`` noise (a sum of four
-  Gaussians, robust to the floating-point attack of arXiv:2107.10138). The generator
-  itself is torch's Mersenne Twister, not a CSPRNG; its state is never released (only
-  noisy sums), and a CSPRNG stream for torch would need ``torchcsprng`` (see above).
-  ``secure_rng=False``: the caller's ``generator``, for reproducible simulations.
-  Poisson sampling draws from the same source as the noise. Negative items of ranking
-  losses always come from the caller's ``generator``: they are data-independent, so
-  they do not enter the privacy analysis.
+* Noise randomness. The noise and the Poisson masks are drawn from ``noise_rng``, a
+  numpy ``Generator`` over ChaCha20 (:mod:`pollinate.shared.privacy.randomness`): a
+  CSPRNG keyed from ``os.urandom`` on a real device (the default when none is given), a
+  seeded one only in simulations. Opacus's optimizer is subclassed so that its
+  ``add_noise`` draws :func:`~pollinate.shared.privacy.randomness.gaussian` (four
+  Gaussians summed and halved, the floating-point mitigation of arXiv:2107.10138 that
+  Opacus's ``secure_mode`` applies) from that stream instead of torch's Mersenne
+  Twister; ``torchcsprng``, which Opacus's secure mode wants, is archived. The torch
+  ``generator`` draws what must be secret but is not the noise of record: negative items
+  of ranking losses and (through the global RNG) dropout masks; the caller passes a
+  generator seeded secretly from the device's CSPRNG
+  (:func:`~pollinate.shared.privacy.randomness.secret_torch_generator`).
 * Noise calibration (``target_epsilon``): once for the device's lifetime of
-  ``planned_rounds`` rounds of ``steps`` steps at its ``q``, with Opacus's
-  ``get_noise_multiplier`` (a deterministic bisection), so every round gets the same
-  ``z`` and the lifetime ε is the target. The device is assumed to train every round;
-  if it trains less often its ε is lower.
+  ``planned_rounds`` rounds of ``steps`` steps at its ``q``, by a deterministic search
+  over the same replace-one PLD accountant (:func:`calibrate_local_noise`), so every
+  round gets the same ``z`` and the lifetime ε is the target. The device is assumed to
+  train every round; if it trains less often its ε is lower. Evaluation releases are
+  not in the plan: each one adds to the lifetime ε (the budget still holds).
 
 Per-example gradient memory (``peak_grad_sample_bytes``). With ``grad_sample_mode=
 "hooks"`` Opacus materialises a *dense* per-example gradient of every embedding table:
@@ -83,7 +93,6 @@ Hooks remain the default; ghost is offered for ``mf`` without ``reg``.
 from __future__ import annotations
 
 import math
-import secrets
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -99,7 +108,15 @@ from pollinate.client.device_data import DeviceData
 from pollinate.client.training import LocalTrainConfig, local_optimizer, seeded_global_rng
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel
-from pollinate.shared.privacy.accounting import local_epsilon
+from pollinate.shared.privacy.accounting import (
+    LocalAccountant,
+    check_local_accountant,
+    local_epsilon,
+)
+from pollinate.shared.privacy.accounting import (
+    calibrate_local_noise as _calibrate_local_noise,
+)
+from pollinate.shared.privacy.randomness import gaussian, secure_generator
 from pollinate.shared.training.examples import Examples, build_examples, n_examples, take
 from pollinate.shared.training.losses import get_loss
 
@@ -129,8 +146,7 @@ class LocalDPConfig:
     planned_rounds: int
     delta: float | None
     epsilon_budget: float | None
-    accountant: Literal["rdp", "prv"] = "rdp"
-    secure_rng: bool = True
+    accountant: LocalAccountant = "pld"
     grad_sample_mode: GradSampleMode = "hooks"
 
     def __post_init__(self) -> None:
@@ -148,8 +164,7 @@ class LocalDPConfig:
             raise ConfigError(f"delta must be in (0, 1), got {self.delta}")
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise ConfigError(f"epsilon_budget must be positive, got {self.epsilon_budget}")
-        if self.accountant not in ("rdp", "prv"):
-            raise ConfigError(f"accountant must be 'rdp' or 'prv', got {self.accountant!r}")
+        check_local_accountant(self.accountant)
         if self.grad_sample_mode not in ("hooks", "ghost"):
             raise ConfigError(
                 f"grad_sample_mode must be 'hooks' or 'ghost', got {self.grad_sample_mode!r}"
@@ -168,46 +183,16 @@ def default_local_delta(n: int) -> float:
     return min(1e-5, 1.0 / (10 * n))
 
 
-@lru_cache(maxsize=1024)
-def _rdp_per_step(noise: float, rate: float) -> np.ndarray:
-    """Opacus's RDP curve of one sampled-Gaussian step, at its default orders (cached)."""
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    rdp = np.asarray(
-        compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
-    )
-    rdp.setflags(write=False)
-    return rdp
-
-
 def device_epsilon(
     history: Sequence[tuple[float, float, int]],
     delta: float,
-    accountant: Literal["rdp", "prv"] = "rdp",
+    accountant: LocalAccountant = "pld",
 ) -> float:
-    """ε of a device's whole history ``[(noise, rate, steps), ...]``, as one accountant.
-
-    PRV is :func:`~pollinate.shared.privacy.accounting.local_epsilon`. RDP gives the
-    same number as Opacus's ``RDPAccountant`` (and ``local_epsilon``), whose RDP is
-    ``Σ steps · rdp₁(noise, rate)``; here ``rdp₁`` is cached per ``(noise, rate)``. A
-    device keeps the same ``(z, q)`` round after round, and Opacus recomputes that curve
-    (about 0.3 s at q = 0.5, ten times a device's DP-SGD round) on every call.
-    """
-    if accountant == "prv" or not history:
-        return local_epsilon(history, delta, accountant)
-    from opacus.accountants import RDPAccountant
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    if not 0 < delta < 1:
-        raise ConfigError(f"delta must be in (0, 1), got {delta}")
-    rdp = np.zeros(len(RDPAccountant.DEFAULT_ALPHAS))
-    for noise, rate, steps in history:
-        if not (noise > 0 and 0 < rate <= 1 and steps >= 0):
-            raise ConfigError(f"invalid DP-SGD history entry {(noise, rate, steps)}")
-        rdp = rdp + int(steps) * _rdp_per_step(float(noise), float(rate))
-    eps, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
-    return float(eps)
+    """ε of a device's whole history ``[(noise, rate, steps), ...]``, as one accountant:
+    :func:`~pollinate.shared.privacy.accounting.local_epsilon` (replace-one neighbours,
+    dp-accounting PLD, cached per distinct history, so a device pays for its PLD once a
+    round)."""
+    return local_epsilon(history, delta, accountant)
 
 
 @dataclass(frozen=True)
@@ -246,38 +231,21 @@ def local_sample_rate(n_train: int, batch_size: int) -> float:
     return min(math.ceil(exact * scale - 1e-9) / scale, MAX_SAMPLE_RATE)
 
 
-@lru_cache(maxsize=256)
 def calibrate_local_noise(
     target_epsilon: float,
     delta: float,
     sample_rate: float,
     steps: int,
-    accountant: Literal["rdp", "prv"] = "rdp",
+    accountant: LocalAccountant = "pld",
 ) -> float:
     """Smallest z (to 0.1% of ε) whose ``steps`` steps at ``sample_rate`` spend ``target_epsilon``.
 
-    Opacus's bisection is deterministic, so the same device gets the same z every round
-    (and the result is cached).
+    Replace-one PLD, the accountant of :func:`device_epsilon`; the search is deterministic
+    and cached, so the same device gets the same z every round (see
+    :func:`pollinate.shared.privacy.accounting.calibrate_local_noise`).
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
-    try:
-        with warnings.catch_warnings():
-            # The bisection tries small z whose best RDP order is the largest one
-            # Opacus tries; that bound is loose but valid, and not where it ends up.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            return float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                    epsilon_tolerance=1e-3 * target_epsilon,
-                )
-            )
-    except ValueError as e:
-        raise ConfigError(f"cannot reach ε={target_epsilon} at δ={delta}: {e}") from None
+    check_local_accountant(accountant)
+    return _calibrate_local_noise(float(target_epsilon), float(delta), float(sample_rate), steps)
 
 
 def plan_local_round(
@@ -352,10 +320,47 @@ def _norm_sample_bytes(params: Sequence[nn.Parameter]) -> int:
     return sum(t.numel() * t.element_size() for t in norms if isinstance(t, torch.Tensor))
 
 
-def _noise_generator(dp: LocalDPConfig, generator: torch.Generator) -> torch.Generator:
-    if dp.secure_rng:
-        return torch.Generator().manual_seed(secrets.randbits(63))
-    return generator
+@lru_cache(maxsize=1)
+def _noisy_optimizers() -> tuple[type[Any], type[Any]]:
+    """Opacus's ``DPOptimizer`` and ``DPOptimizerFastGradientClipping`` with the noise of
+    :func:`~pollinate.shared.privacy.randomness.gaussian` over the device's ``noise_rng``
+    (built on first use: Opacus is imported lazily)."""
+    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    def _add_noise(self: Any) -> None:
+        """``p.grad = summed clipped gradient + N(0, (z·C)²)``, the noise from ``noise_rng``:
+        one draw per step for all parameters, in their order (one call is cheaper than one
+        per parameter), cut into each parameter's share."""
+        std = self.noise_multiplier * self.max_grad_norm
+        params = list(self.params)
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        sizes = [p.summed_grad.numel() for p in params]
+        noise = gaussian(self.noise_rng, sum(sizes), std)
+        start = 0
+        for p, size in zip(params, sizes, strict=True):
+            summed = p.summed_grad
+            share = torch.from_numpy(noise[start : start + size]).view(summed.shape)
+            p.grad = (summed + share.to(dtype=summed.dtype, device=summed.device)).view_as(p)
+            _mark_as_processed(p.summed_grad)
+            start += size
+
+    class ChaChaDPOptimizer(DPOptimizer):
+        def __init__(self, optimizer: Any, *, noise_rng: np.random.Generator, **kw: Any):
+            super().__init__(optimizer, **kw)
+            self.noise_rng = noise_rng
+
+        add_noise = _add_noise
+
+    class ChaChaDPOptimizerFastGradientClipping(DPOptimizerFastGradientClipping):
+        def __init__(self, optimizer: Any, *, noise_rng: np.random.Generator, **kw: Any):
+            super().__init__(optimizer, **kw)
+            self.noise_rng = noise_rng
+
+        add_noise = _add_noise
+
+    return ChaChaDPOptimizer, ChaChaDPOptimizerFastGradientClipping
 
 
 def _cleanup(model: RecModel, gsm: Any | None, params: Sequence[nn.Parameter]) -> None:
@@ -381,6 +386,7 @@ def train_device_dp(
     history: Sequence[tuple[float, float, int]],
     generator: torch.Generator,
     *,
+    noise_rng: np.random.Generator | None = None,
     before_release: Callable[[History], None] | None = None,
 ) -> DPTrainOutcome:
     """One DP-SGD round of ``model`` on the device's training rows.
@@ -394,9 +400,12 @@ def train_device_dp(
     it raises, the exception propagates, no update is returned, and the caller must not
     save the model's private parameters either.
 
-    ``generator`` draws the noise and the Poisson samples when ``dp.secure_rng`` is
-    False; it always draws the negatives of ranking losses. Dropout (interest model)
-    uses torch's global RNG, as in :func:`~pollinate.client.training.train_device`.
+    ``noise_rng`` draws the Poisson masks and the noise: the device's CSPRNG
+    (:func:`~pollinate.shared.privacy.randomness.secure_generator`, a fresh one when
+    ``None``), or a seeded one in a simulation. ``generator`` draws the negatives of
+    ranking losses and seeds torch's global RNG for dropout (interest model), as in
+    :func:`~pollinate.client.training.train_device`; under DP the caller passes one seeded
+    secretly from the CSPRNG.
     """
     t0 = time.perf_counter()
     examples = build_examples(
@@ -423,7 +432,8 @@ def train_device_dp(
         # Opacus's full backward hooks fire on modules whose inputs need no gradient
         # (embedding lookups): expected, and harmless here.
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        peak = _dp_sgd(model, examples, cfg, dp, plan, optimizer, generator)
+        rng = secure_generator() if noise_rng is None else noise_rng
+        peak = _dp_sgd(model, examples, cfg, dp, plan, optimizer, generator, rng)
 
     after = model.global_state()
     update = {k: after[k] - before[k] for k in before}
@@ -463,26 +473,26 @@ def _dp_sgd(
     plan: LocalRoundPlan,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
+    noise_rng: np.random.Generator,
 ) -> int:
     """Run ``plan.steps`` DP-SGD steps on ``model`` in place; return the peak bytes of
     per-example gradients (hooks) or norms (ghost). ``model`` is unwrapped and cleaned
-    up afterwards, whatever happens."""
+    up afterwards, whatever happens. Poisson masks and noise come from ``noise_rng``."""
     from opacus import GradSampleModule
     from opacus.grad_sample import GradSampleModuleFastGradientClipping
-    from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+    from opacus.optimizers import DPOptimizer
 
+    noisy_plain, noisy_ghost = _noisy_optimizers()
     ghost = dp.grad_sample_mode == "ghost"
     n = n_examples(examples)
     params = list(model.parameters())
     loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
-    noise_gen = _noise_generator(dp, generator)
     opt_args: dict[str, Any] = {
         "noise_multiplier": plan.noise_multiplier,
         "max_grad_norm": dp.clip_norm,
         "expected_batch_size": max(1, round(plan.sample_rate * n)),  # unused with "sum"
         "loss_reduction": "sum",
-        "generator": noise_gen,
-        "secure_mode": dp.secure_rng,
+        "noise_rng": noise_rng,  # add_noise draws from it; Opacus's generator is unused
     }
     peak = 0
     gsm: Any = None
@@ -497,13 +507,13 @@ def _dp_sgd(
                 max_grad_norm=dp.clip_norm,
                 use_ghost_clipping=True,
             )
-            opt: DPOptimizer = DPOptimizerFastGradientClipping(optimizer, **opt_args)
+            opt: DPOptimizer = noisy_ghost(optimizer, **opt_args)
         else:
             gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-            opt = DPOptimizer(optimizer, **opt_args)
+            opt = noisy_plain(optimizer, **opt_args)
         for _ in range(plan.steps):
             # Poisson sampling: each example in independently with probability q.
-            idx = torch.nonzero(torch.rand(n, generator=noise_gen) < plan.sample_rate)[:, 0]
+            idx = torch.from_numpy(np.flatnonzero(noise_rng.random(n) < plan.sample_rate))
             opt.zero_grad(set_to_none=True)
             if len(idx) == 0:
                 # An empty batch is still a DP step: the optimizer noises a zero sum.

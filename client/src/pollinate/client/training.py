@@ -144,7 +144,11 @@ def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
     process: without this, an ``interest`` run (in process or on Flower, where a device
     may train in any worker) was not reproducible from its seed, and a resumed run could
     not equal an uninterrupted one. The previous global state is restored afterwards.
-    Only non-private randomness is drawn here: local DP noise has its own generator.
+
+    The masks are exactly as secret as ``generator``: under local DP the device passes one
+    seeded from its CSPRNG (``pollinate.shared.privacy.randomness.secret_torch_generator``),
+    so that nobody who knows the run seed can recompute them. Local DP noise and Poisson
+    masks never come from here: they have their own generator.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):

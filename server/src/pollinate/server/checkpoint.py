@@ -26,7 +26,8 @@ class Checkpoint:
     round: int
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
-    rng_state: dict[str, Any]
+    #: The device sampler's state; ``None`` for a secure generator, which is never saved.
+    rng_state: dict[str, Any] | None
     extra: dict[str, Any]
     #: :class:`pollinate.server.averaging.IterateAverage` state (empty without one).
     average: dict[str, np.ndarray] = field(default_factory=dict)

@@ -22,14 +22,19 @@ its :class:`ClippedSum`, built fresh for the round.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
 from pollinate.server.aggregate import Spec, UpdateSum, update_norm
 from pollinate.shared.errors import ConfigError
+from pollinate.shared.privacy.randomness import (
+    STREAM_SERVER_NOISE,
+    RandomSource,
+    gaussian,
+    secure_source,
+    seeded_source,
+)
 
 Arrays = dict[str, np.ndarray]
 
@@ -80,8 +85,9 @@ class ClippedSum(UpdateSum):
     ) -> Arrays:
         """Steps 3 and 4: the sum plus ``N(0, (z·S)²)`` noise, over ``q·N``.
 
-        An empty sum (no device took part) still gives a pure-noise estimate of the
-        right shape.
+        The noise is :func:`~pollinate.shared.privacy.randomness.gaussian` over ``rng``
+        (float64, the floating-point mitigation included). An empty sum (no device took
+        part) still gives a pure-noise estimate of the right shape.
         """
         if not expected_devices > 0:
             raise ConfigError(
@@ -92,40 +98,34 @@ class ClippedSum(UpdateSum):
         std = noise_multiplier * self.clip
         out: Arrays = {}
         for n, (shape, dtype) in self.spec.items():
-            noisy = self.total[n] + (rng.normal(0.0, std, size=shape) if std > 0 else 0.0)
+            noisy = self.total[n] + gaussian(rng, shape, std)
             out[n] = (noisy / expected_devices).astype(dtype)
         return out
 
 
 def default_user_delta(n_devices: int) -> float:
-    """``1 / N^1.1``: smaller than one over the number of users, as δ must be."""
+    """``min(1e-5, 1/(10·N))`` for ``N`` devices.
+
+    δ must be well below ``1/N``: a mechanism that publishes one random user's data
+    outright is ``(0, 1/N)``-DP. ``1/(10·N)`` keeps a factor of ten below that (``N·δ``
+    at most 0.1), and 1e-5 is the project-wide ceiling, as for a device's default δ.
+    """
     if n_devices < 1:
         raise ConfigError(f"need at least one device, got {n_devices}")
-    return float(n_devices**-1.1)
+    return min(1e-5, 1.0 / (10 * n_devices))
 
 
-@dataclass(frozen=True)
-class NoiseSource:
-    """The generator of privacy noise, and how it was seeded (for the report)."""
-
-    rng: np.random.Generator
-    description: str
+#: The generator of privacy noise, and how it was seeded (for the report).
+NoiseSource = RandomSource
 
 
 def noise_source(seed: int | None, *, role: str) -> NoiseSource:
-    """A secure generator (seeded from ``os.urandom`` via :mod:`secrets`), or a seeded one.
+    """A secure ChaCha20 generator (keyed with 256 bits from ``os.urandom``), or a seeded one.
 
     A seed makes a simulation reproducible and must never be used in a deployment: who
-    knows the seed can subtract the noise. The description says which one was used.
+    knows the seed can subtract the noise. The description says which one was used, and
+    ``secure`` whether its state may be checkpointed (never, when secure).
     """
     if seed is None:
-        bits = secrets.randbits(128)
-        return NoiseSource(
-            np.random.Generator(np.random.PCG64DXSM(bits)),
-            f"{role}: secure (PCG64DXSM seeded with 128 bits from os.urandom, unrecorded)",
-        )
-    return NoiseSource(
-        np.random.Generator(np.random.PCG64DXSM(np.random.SeedSequence([seed, 0x5EED]))),
-        f"{role}: SEEDED with {seed} for reproducibility (simulation only; not private "
-        "against anyone who knows the seed)",
-    )
+        return secure_source(role)
+    return seeded_source(role, seed, STREAM_SERVER_NOISE)
