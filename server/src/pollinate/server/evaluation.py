@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from pollinate.shared.metrics import ranking_metrics_from_sums, rating_metrics
+from pollinate.shared.metrics import (
+    RANKING_SUM_NAMES,
+    RATING_KEYS,
+    ranking_metrics_from_sums,
+    rating_metrics,
+)
+
+#: The ranking metrics every device computes (pollinate.client.evaluation).
+_ACCURACY = ("hr", "recall", "ndcg", "mrr")
 
 #: Ranking metrics given a standard error: the accuracy means at the reported cutoffs
 #: (rating errors get theirs in :func:`standard_errors`).
@@ -21,11 +29,36 @@ def add_sums(parts: Iterable[Mapping[str, float]]) -> dict[str, float]:
 
 
 def finalize(task: str, sums: Mapping[str, float]) -> dict[str, float]:
-    if not sums or sums.get("count", 0) == 0:
+    """The metrics of added-up device sums, for the sums that are present.
+
+    Empty when nothing was evaluated (no sums, or a count that is not positive: every
+    device refused, or noised counts summed to nothing). A complete set gives exactly
+    :func:`~pollinate.shared.metrics.rating_metrics` /
+    :func:`~pollinate.shared.metrics.ranking_metrics_from_sums`; a partial one (the
+    reduced key sets of noised local-DP releases: rating errors, ``hr@10`` and
+    ``ndcg@10``) gives the metrics whose sums are there. Noised sums below zero are taken
+    as zero (post-processing).
+    """
+    count = float(sums.get("count", 0.0))
+    if not sums or not math.isfinite(count) or count <= 0:
         return {}
     if task == "rating":
-        return rating_metrics(sums)
-    return ranking_metrics_from_sums(sums, ks=(10, 20))
+        if all(k in sums for k in RATING_KEYS) and min(sums["se_sum"], sums["ae_sum"]) >= 0:
+            return rating_metrics(sums)
+        out = {}
+        if "se_sum" in sums:
+            out["rmse"] = math.sqrt(max(float(sums["se_sum"]), 0.0) / count)
+        if "ae_sum" in sums:
+            out["mae"] = max(float(sums["ae_sum"]), 0.0) / count
+        return out
+    if all(f"{m}@{k}_sum" in sums for k in (10, 20) for m in _ACCURACY):
+        return ranking_metrics_from_sums(sums, ks=(10, 20))
+    return {
+        f"{name}@{k}": max(float(sums[f"{name}@{k}_sum"]), 0.0) / count
+        for k in (10, 20)
+        for name in RANKING_SUM_NAMES
+        if f"{name}@{k}_sum" in sums
+    }
 
 
 def _ratio_se(parts: Sequence[Mapping[str, float]], key: str) -> float | None:

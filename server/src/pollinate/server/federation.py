@@ -3,11 +3,20 @@
 ``run_server`` is what the ServerApp's ``main`` calls, in a simulation and in a
 deployment alike. It never sees raw events or private parameters: it sends global
 parameters down, receives updates to them, and receives evaluation sums.
+
+Every reply goes through :func:`~pollinate.shared.wire.check_incoming` for the run's
+``--dp`` mode: a malformed one is rejected and a refusal counted, each by reason, in the
+round's entry of ``metrics.jsonl`` and as a ``"verdict"`` line of ``messages.jsonl``;
+neither stops the run. The run directory keeps the operator's files (``metrics.json``,
+``metrics.jsonl``, ``messages.jsonl``, ``ledger.jsonl``, the checkpoint) and writes what
+may be published into ``release/`` (:func:`write_release`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,26 +34,24 @@ from pollinate.server.averaging import IterateAverage
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.optimizers import ServerOptimizer, make_server_optimizer
-from pollinate.server.privacy import UserPrivacy, privacy_summary
-from pollinate.server.runlog import JsonlWriter, message_entry
-from pollinate.server.sampling import poisson_sample
+from pollinate.server.privacy import UserPrivacy, guarantees, privacy_summary
+from pollinate.server.runlog import JsonlWriter, message_entry, verdict_entry
+from pollinate.server.sampling import poisson_sample, sampler_source
 from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
 from pollinate.shared.models.base import RecModel, build_model
-from pollinate.shared.privacy.ledger import LedgerWriter, read_ledger
+from pollinate.shared.privacy.ledger import LedgerWriter
+from pollinate.shared.privacy.randomness import SECURE_DESCRIPTION, checkpoint_state
 from pollinate.shared.tasks import Catalog
 from pollinate.shared.wire import (
     CONFIG_RECORD,
     GLOBAL_RECORD,
-    UPDATE_RECORD,
     AllowListError,
     ParamSpec,
+    Reply,
     arrays_to_record,
     check_incoming,
-    integer,
-    record_to_arrays,
-    scalar,
     spec_of,
 )
 
@@ -57,18 +64,43 @@ DEVICE_KEYS = (
     "max-local-steps", "train-on-validation", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
     "refit-reg", "encoder-max-grad-norm", "device-optimizer", "private-weight-decay",
-    "seed", "device-state-dir", "adapt-epochs", "adapt-lr-scale",
+    "seed", "adapt-epochs", "adapt-lr-scale",
     "rounds",
+    # The run's local-DP settings, sent as a request: a device trains with its own policy
+    # and refuses a request that would weaken it (pollinate.client.policy). Where a device
+    # keeps its state, where it logs, and any noise seed are the device's own settings
+    # (its node config), never sent.
     "dp", "local-noise", "local-epsilon", "local-clip", "local-epsilon-budget", "local-delta",
-    "local-accountant", "local-grad-sample-mode", "noise-seed",
+    "local-accountant", "local-grad-sample-mode",
 )  # fmt: skip
 
-#: Config key of the run ledger's path, sent to simulated devices only (see client.app).
-RUN_LEDGER_KEY = "run-ledger"
+
+#: The part of the run directory that may be released (see :func:`write_release`).
+RELEASE_DIR = "release"
+
+#: Run-config keys that stay with the operator: local paths, the noise seed (whoever knows
+#: it can subtract the noise), and settings of the operator's machine.
+PRIVATE_CONFIG_KEYS = ("data-dir", "out", "device-state-dir", "noise-seed", "progress",
+                       "wait-timeout")  # fmt: skip
+
+#: What ``privacy.json`` says of the evaluation figures, per ``--dp`` mode.
+EVALUATION_COVERAGE = {
+    "none": "no differential privacy: evaluation sums reach the server as computed",
+    "user": "not covered: evaluation sums reach the trusted server un-noised; kept in the "
+    "operator files",
+    "local": "covered: every evaluation reply is a noised release of its device, composed "
+    "into the device's local ε (ledger events of kind 'evaluate')",
+}
+
+logger = logging.getLogger(__name__)
 
 
 class FederationError(PollinateError):
     """The federation cannot go on (too few devices, every reply failed, ...)."""
+
+
+def _count(counter: dict[str, int], key: str) -> None:
+    counter[key] = counter.get(key, 0) + 1
 
 
 @dataclass
@@ -77,12 +109,32 @@ class RoundResult:
     losses: list[float] = field(default_factory=list)
     examples: int = 0
     device_seconds: float = 0.0
+    #: Malformed replies (never used): their total, and their count by reason.
     rejected: int = 0
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    #: Well-formed refusals, by reason (a key of ``wire.REFUSAL_CODES``).
+    refused: dict[str, int] = field(default_factory=dict)
     failed: int = 0
     dp_stopped: int = 0
     local_epsilons: list[float] = field(default_factory=list)
     update_norms: list[float] = field(default_factory=list)
     user_epsilon: float | None = None
+
+
+@dataclass
+class EvaluationRound:
+    """The evaluation replies of one round, sorted into what can be used and what not."""
+
+    #: Each accepted device's sums (its ``local-epsilon``, if any, removed).
+    parts: list[dict[str, float]] = field(default_factory=list)
+    #: Per part: whether it is a noised interaction-level DP release.
+    noised: list[bool] = field(default_factory=list)
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+
+    def log_entry(self) -> dict[str, Any]:
+        return {"eval_rejected": dict(self.rejected_reasons), "eval_refused": dict(self.refused)}
 
 
 def build_run_model(cfg: FederationConfig, catalog: Catalog) -> RecModel:
@@ -152,13 +204,17 @@ class Server:
         self.spec: ParamSpec = spec_of(self.params)
         self.optimizer = server_optimizer(cfg, catalog)
         self.average = IterateAverage(cfg.server_ema) if cfg.server_ema is not None else None
-        self.rng = np.random.default_rng(cfg.seed)
+        # Under DP the device sampler is secret (a CSPRNG), unless --noise-seed (simulation).
+        self.sampler = sampler_source(
+            private=cfg.dp != "none", seed=cfg.seed, noise_seed=cfg.noise_seed
+        )
+        self.rng = self.sampler.rng
+        self.sampler_description = self.sampler.description
         self.start_round = 1
         self.history: list[dict[str, Any]] = []
         flat = cfg.to_flat()
         self.device_config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
         self.ledger_path = self.run_dir / "ledger.jsonl"
-        self.device_config[RUN_LEDGER_KEY] = str(self.ledger_path.resolve())
         self.user_privacy = UserPrivacy.from_config(cfg, n_devices) if cfg.user_dp else None
         self.noise = noise_source(cfg.noise_seed, role="user-level noise")
         self.stopped_reason: str | None = None
@@ -176,20 +232,36 @@ class Server:
             raise FederationError(
                 "the checkpoint holds an iterate average but the config sets no --server-ema"
             )
-        self.rng.bit_generator.state = ckpt.rng_state
+        if not self.sampler.secure:
+            if ckpt.rng_state is None:
+                raise FederationError(
+                    "the checkpoint holds no device-sampler state (it was written by a run "
+                    "whose sampler was secret); resume it with the same --dp and --noise-seed"
+                )
+            try:
+                self.rng.bit_generator.state = ckpt.rng_state
+            except (TypeError, ValueError) as exc:
+                raise FederationError(
+                    f"the checkpoint's device-sampler state does not fit this run ({exc}); "
+                    "resume it with the same --dp and --noise-seed"
+                ) from None
+        # A secure sampler or noise generator is never restored: this run drew fresh ones.
         self.history = ckpt.extra.get("history", [])
         self.start_round = ckpt.round + 1
         noise_state = ckpt.extra.get("noise_rng_state")
-        if noise_state is not None and self.cfg.noise_seed is not None:
-            self.noise.rng.bit_generator.state = noise_state
-        if self.user_privacy is not None and self.ledger_path.exists():
+        if noise_state is not None and not self.noise.secure:
+            try:
+                self.noise.rng.bit_generator.state = noise_state
+            except (TypeError, ValueError) as exc:
+                raise FederationError(
+                    f"the checkpoint's noise-generator state does not fit this run ({exc}); "
+                    "it was written by another version or --noise-seed"
+                ) from None
+        if self.user_privacy is not None:
             # Every round ever released counts, including any released after the last
             # checkpoint and released again now: ε is over-counted, never under-counted.
-            self.user_privacy.rounds = [
-                (e.noise_multiplier, e.sample_rate)
-                for e in read_ledger(self.ledger_path)
-                if e.layer == "user"
-            ]
+            # A missing, unreadable or truncated ledger raises LedgerResumeError.
+            self.user_privacy.restore(self.ledger_path, ckpt.round)
 
     def checkpoint(self, round_: int) -> None:
         save_checkpoint(
@@ -199,14 +271,12 @@ class Server:
                 params=self.params,
                 optimizer=self.optimizer.state_dict(),
                 average=self.average.state_dict() if self.average is not None else {},
-                rng_state=dict(self.rng.bit_generator.state),
+                # A secure generator's state is never written to disk (None): it would let
+                # whoever reads the checkpoint recompute later cohorts or subtract the noise.
+                rng_state=checkpoint_state(self.sampler),
                 extra={
                     "history": self.history,
-                    # A secure generator's state is never written to disk: it would let
-                    # whoever reads the checkpoint reconstruct the noise.
-                    "noise_rng_state": dict(self.noise.rng.bit_generator.state)
-                    if self.cfg.noise_seed is not None
-                    else None,
+                    "noise_rng_state": checkpoint_state(self.noise),
                 },
             ),
         )
@@ -251,6 +321,46 @@ class Server:
             return UpdateSum(self.spec)
         return ClippedSum(self.spec, self.user_privacy.clip)
 
+    def _check(
+        self,
+        reply: Message,
+        round_: int,
+        kind: str,
+        log: JsonlWriter,
+        rejected: dict[str, int],
+        refused: dict[str, int],
+    ) -> Reply | None:
+        """The usable content of ``reply``, or None for a refusal or a malformed reply.
+
+        A malformed reply is counted in ``rejected`` by reason, a refusal in ``refused``
+        by its code's name, and both are logged (``messages.jsonl`` and the Python log);
+        neither stops the run.
+        """
+        node = reply.metadata.src_node_id
+        try:
+            got = check_incoming(
+                reply.content,
+                kind=kind,
+                spec=self.spec if kind == "train" else {},
+                dp=self.cfg.dp,
+                task=self.cfg.task,
+                genres=self.catalog.item_genres is not None,
+            )
+        except AllowListError as exc:
+            _count(rejected, exc.reason)
+            log.write(verdict_entry(round_, node, kind, "rejected", exc.reason, str(exc)))
+            logger.warning(
+                "round %d: rejected the %s reply of node %d: %s", round_, kind, node, exc
+            )
+            return None
+        if got.refused is not None:
+            _count(refused, got.refused)
+            log.write(verdict_entry(round_, node, kind, "refused", got.refused))
+            logger.info("round %d: node %d refused the %s request (%s)", round_, node, kind,
+                     got.refused)  # fmt: skip
+            return None
+        return got
+
     def train_round(self, round_: int, nodes: Sequence[int], log: JsonlWriter) -> RoundResult:
         result = RoundResult()
         total = self.round_sum()
@@ -258,28 +368,32 @@ class Server:
             if reply.has_error():
                 result.failed += 1
                 continue
-            try:
-                check_incoming(reply.content, kind="train", spec=self.spec)
-            except AllowListError:
-                result.rejected += 1
+            got = self._check(reply, round_, "train", log, result.rejected_reasons, result.refused)
+            if got is None:
                 continue
-            metrics = reply.content.metric_records["metrics"]
+            metrics = got.metrics
             if "local-epsilon" in metrics:
-                result.local_epsilons.append(scalar(metrics["local-epsilon"], "local-epsilon"))
-            if UPDATE_RECORD not in reply.content.array_records:
+                result.local_epsilons.append(float(metrics["local-epsilon"]))
+            if got.update is None:
                 result.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
                 continue
-            examples = integer(metrics["num-examples"], "num-examples")
+            examples = int(metrics.get("num-examples", 0))
             if self.cfg.aggregation == "examples" and examples < 1:
-                result.rejected += 1  # nothing to weight by: an update of no data
+                # Nothing to weight by: an update of no data.
+                _count(result.rejected_reasons, "no-examples")
+                log.write(
+                    verdict_entry(round_, reply.metadata.src_node_id, "train", "rejected",
+                                  "no-examples", "an update of no examples cannot be weighted")
+                )  # fmt: skip
                 continue
             weight = float(examples) if self.cfg.aggregation == "examples" else 1.0
-            total.add(record_to_arrays(reply.content.array_records[UPDATE_RECORD]), weight)
+            total.add(got.update, weight)
             result.aggregated += 1
             if "train-loss" in metrics:
-                result.losses.append(scalar(metrics["train-loss"], "train-loss"))
+                result.losses.append(float(metrics["train-loss"]))
             result.examples += examples
-            result.device_seconds += scalar(metrics["train-seconds"], "train-seconds")
+            result.device_seconds += float(metrics.get("train-seconds", 0.0))
+        result.rejected = sum(result.rejected_reasons.values())
         self.aggregate(round_, result, total)
         return result
 
@@ -287,7 +401,9 @@ class Server:
         """Apply the round's sum of updates: a plain equal-weight mean, or the user-level DP one.
 
         Under user-level DP every round releases noise, even one that no device joined,
-        and the ledger event is appended before the new parameters are used anywhere.
+        and the ledger event is appended before the new parameters are used anywhere: if
+        the write fails, the parameters, the optimizer and the average stay as they were
+        and a :class:`FederationError` stops the run.
         """
         total = self.round_sum() if total is None else total
         result.update_norms = total.norms
@@ -303,7 +419,15 @@ class Server:
                 rng=self.noise.rng,
             )
             event = up.release(round_)
-            LedgerWriter(self.ledger_path).append(event)
+            try:
+                LedgerWriter(self.ledger_path).append(event)
+            except OSError as exc:
+                raise FederationError(
+                    f"round {round_}: could not append the user-level ledger event to "
+                    f"{self.ledger_path} ({exc}); the round's model was not used. Make the "
+                    "ledger writable (disk space, permissions) and resume from the last "
+                    "checkpoint"
+                ) from exc
             result.user_epsilon = event.epsilon
             self.params = self.optimizer.step(self.params, delta)
         if self.average is not None:
@@ -314,21 +438,27 @@ class Server:
     ) -> dict[str, float]:
         return finalize(self.cfg.task, add_sums(self.evaluation_sums(round_, nodes, part, log)))
 
+    def evaluation_round(
+        self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
+    ) -> EvaluationRound:
+        """Ask ``nodes`` to evaluate the released model on ``part``; sort their replies."""
+        out = EvaluationRound()
+        for reply in self._exchange(round_, nodes, "evaluate", {"part": part}, log):
+            if reply.has_error():
+                out.failed += 1
+                continue
+            got = self._check(reply, round_, "evaluate", log, out.rejected_reasons, out.refused)
+            if got is None:
+                continue
+            out.noised.append(got.noised)
+            out.parts.append({k: float(v) for k, v in got.metrics.items() if k != "local-epsilon"})
+        return out
+
     def evaluation_sums(
         self, round_: int, nodes: Sequence[int], part: str, log: JsonlWriter
     ) -> list[dict[str, float]]:
         """The metric sums of every device that replied within the allow-list."""
-        sums = []
-        for reply in self._exchange(round_, nodes, "evaluate", {"part": part}, log):
-            if reply.has_error():
-                continue
-            try:
-                check_incoming(reply.content, kind="evaluate", spec=self.spec)
-            except AllowListError:
-                continue
-            metrics = reply.content.metric_records["metrics"]
-            sums.append({k: scalar(v, k) for k, v in metrics.items()})
-        return sums
+        return self.evaluation_round(round_, nodes, part, log).parts
 
     def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
         """Ask every node for its device key; return the nodes ordered by key.
@@ -337,27 +467,33 @@ class Server:
         seeded Poisson sample over this order picks the same devices after a resume.
         """
         keys: dict[int, int] = {}
+        rejected: dict[str, int] = {}
+        refused: dict[str, int] = {}
         for reply in self._exchange(0, nodes, "enroll", {}, log):
             if reply.has_error():
                 continue
-            try:
-                check_incoming(reply.content, kind="enroll", spec={})
-            except AllowListError:
-                continue
-            key = reply.content.metric_records["metrics"]["device-key"]
-            keys[reply.metadata.src_node_id] = integer(key, "device-key")
+            got = self._check(reply, 0, "enroll", log, rejected, refused)
+            if got is not None:
+                keys[reply.metadata.src_node_id] = int(got.metrics["device-key"])
         if len(set(keys.values())) != len(keys):
             raise FederationError("two devices enrolled with the same device key")
         if len(keys) < len(nodes):
             raise FederationError(
-                f"{len(nodes) - len(keys)} of {len(nodes)} devices did not enroll; "
-                "check the SuperNodes' logs"
+                f"{len(nodes) - len(keys)} of {len(nodes)} devices did not enroll "
+                f"(malformed replies by reason: {rejected}; refusals: {refused}); "
+                "check the SuperNodes' logs and messages.jsonl"
             )
         return sorted(keys, key=keys.__getitem__)
 
     # -- the loop ------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if cfg.aggregation == "examples" and cfg.local_dp:
+            raise FederationError(
+                "--aggregation examples weights updates by their example counts, which devices "
+                "do not send under --dp local/both (a count is computed on raw rows); use "
+                "--aggregation equal"
+            )
         # A fresh run starts its logs afresh; a resumed one keeps the checkpointed rounds.
         keep = self.start_round - 1 if self.start_round > 1 else None
         metrics_log = JsonlWriter(self.run_dir / "metrics.jsonl", keep_through_round=keep)
@@ -383,11 +519,13 @@ class Server:
             if cfg.eval_every and self.start_round == 1:
                 # The untrained model, on the same kind of sample, as the baseline.
                 eval_nodes = poisson_sample(nodes, cfg.eval_sample_rate, self.rng)
+                ev = self.evaluation_round(0, eval_nodes, "valid", msg_log)
                 entry0 = {
                     "round": 0,
                     "sampled": 0,
                     "eval_devices": len(eval_nodes),
-                    "eval": self.evaluate(0, eval_nodes, "valid", msg_log),
+                    "eval": finalize(cfg.task, add_sums(ev.parts)),
+                    **ev.log_entry(),
                 }
                 metrics_log.write(entry0)
                 self.history.append(entry0)
@@ -413,6 +551,8 @@ class Server:
                     "sampled": len(sampled),
                     "aggregated": result.aggregated,
                     "rejected": result.rejected,
+                    "rejected_reasons": result.rejected_reasons,
+                    "refused": result.refused,
                     "failed": result.failed,
                     "train_loss": float(np.mean(result.losses)) if result.losses else None,
                     "examples": result.examples,
@@ -435,7 +575,9 @@ class Server:
                 if cfg.eval_every and round_ % cfg.eval_every == 0:
                     eval_nodes = poisson_sample(nodes, cfg.eval_sample_rate, self.rng)
                     entry["eval_devices"] = len(eval_nodes)
-                    entry["eval"] = self.evaluate(round_, eval_nodes, "valid", msg_log)
+                    ev = self.evaluation_round(round_, eval_nodes, "valid", msg_log)
+                    entry["eval"] = finalize(cfg.task, add_sums(ev.parts))
+                    entry.update(ev.log_entry())
                 entry["wall_s"] = time.perf_counter() - t0
                 metrics_log.write(entry)
                 self.history.append(entry)
@@ -444,31 +586,43 @@ class Server:
                 status = ", ".join(f"{k}={v:.4f}" for k, v in list(shown.items())[:2])
                 progress.update(bar, advance=1, status=f"sampled {len(sampled)} {status}")
         t0 = time.perf_counter()
-        final_parts = self.evaluation_sums(cfg.rounds + 1, nodes, "test", msg_log)
+        final_eval = self.evaluation_round(cfg.rounds + 1, nodes, "test", msg_log)
+        final_parts = final_eval.parts
         final = finalize(cfg.task, add_sums(final_parts))
         final_s = time.perf_counter() - t0
         metrics_log.close()
         msg_log.close()
         np.savez(self.run_dir / "global_params.npz", **self.released())  # type: ignore[arg-type]
-        return {
+        outcome: dict[str, Any] = {
             "final": final,
             "final_se": standard_errors(cfg.task, final_parts),
             "final_eval_s": final_s,
+            "final_eval_rejected": final_eval.rejected_reasons,
+            "final_eval_refused": final_eval.refused,
             "enroll_s": t_enroll,
             "devices": len(nodes),
             "rounds_completed": len([h for h in self.history if h["round"] >= 1]),
             "stopped_reason": self.stopped_reason,
             "privacy": self.privacy_report(len(nodes)),
         }
+        write_release(self.run_dir, cfg, self.released(), outcome["privacy"], final_eval)
+        return outcome
 
     def privacy_report(self, n_devices: int) -> dict[str, Any]:
         """What metrics.json says about privacy: ε per layer from the ledger, and how."""
         cfg = self.cfg
         report: dict[str, Any] = {"dp": cfg.dp}
+        report["evaluation"] = EVALUATION_COVERAGE["local" if cfg.local_dp else cfg.dp]
         if cfg.dp == "none":
             report["statement"] = "no differential privacy: updates are sent and used as is"
             return report
         report.update(privacy_summary(self.ledger_path, n_devices))
+        report["guarantees"] = guarantees(cfg.dp)
+        report["sampling"] = self.sampler_description
+        # A seeded simulation is reproducible and private against nobody who has the seed.
+        report["randomness"] = (
+            "seeded (simulation only)" if cfg.noise_seed is not None else "secure"
+        )
         if self.user_privacy is not None:
             report.setdefault("user", {}).update(self.user_privacy.describe())
             report["user"]["noise_source"] = self.noise.description
@@ -476,15 +630,19 @@ class Server:
             local = report.setdefault("local", {"epsilon_max": 0.0, "epsilon_median": 0.0})
             local.update(
                 {
-                    "clip": cfg.local_clip,
-                    "noise_multiplier": cfg.local_noise,
-                    "target_epsilon": cfg.local_epsilon,
-                    "budget": cfg.local_epsilon_budget,
+                    # What the run asked for; each device trains with its own policy, and
+                    # the ledger (above) records what it did.
+                    "requested": {
+                        "clip": cfg.local_clip,
+                        "noise_multiplier": cfg.local_noise,
+                        "target_epsilon": cfg.local_epsilon,
+                        "budget": cfg.local_epsilon_budget,
+                    },
                     "noise_source": "device: "
                     + (
-                        f"SEEDED with {cfg.noise_seed} (simulation only)"
+                        "SEEDED (simulation only; the seed stays in the operator's config)"
                         if cfg.noise_seed is not None
-                        else "secure (seeded from os.urandom)"
+                        else SECURE_DESCRIPTION
                     ),
                 }
             )
@@ -507,3 +665,79 @@ def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any])
         "config": cfg.to_flat(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+
+
+def public_config(cfg: FederationConfig) -> dict[str, Any]:
+    """The run config without what stays with the operator (:data:`PRIVATE_CONFIG_KEYS`)."""
+    return {k: v for k, v in cfg.to_flat().items() if k not in PRIVATE_CONFIG_KEYS}
+
+
+def release_metrics(cfg: FederationConfig, final_eval: EvaluationRound) -> dict[str, Any]:
+    """The utility figures that may be released, given what protects them.
+
+    ``--dp none``: the final metrics, marked as unprotected. ``--dp user``: none (the
+    devices' evaluation sums are un-noised and outside ε). ``--dp local``/``both``: the
+    final metrics of the noised evaluation releases only (each in its device's ε).
+    """
+    if cfg.dp == "none":
+        parts = final_eval.parts
+        note = (
+            "no differential privacy protects these figures: they come from the devices' "
+            "un-noised evaluation sums"
+        )
+    elif cfg.dp == "user":
+        return {"dp": cfg.dp, "utility": EVALUATION_COVERAGE["user"]}
+    else:
+        parts = [p for p, noised in zip(final_eval.parts, final_eval.noised, strict=True) if noised]
+        note = (
+            "computed from noised evaluation releases only, each composed into its device's "
+            "local ε: estimates, with the devices' noise in them"
+        )
+    return {
+        "dp": cfg.dp,
+        "final": finalize(cfg.task, add_sums(parts)),
+        "final_se": standard_errors(cfg.task, parts),
+        "note": note,
+    }
+
+
+#: Keys of the privacy block that describe the devices' participation rather than the
+#: mechanism; they stay in the operator's metrics.json.
+OPERATOR_PRIVACY_KEYS = frozenset({"devices_trained"})
+
+
+def _releasable(block: Any) -> Any:
+    if isinstance(block, dict):
+        return {k: _releasable(v) for k, v in block.items() if k not in OPERATOR_PRIVACY_KEYS}
+    if isinstance(block, str):
+        # A simulation's noise seed stays with the operator; the release says it was seeded.
+        return re.sub(r"SEEDED with -?\d+", "SEEDED", block)
+    return block
+
+
+def write_release(
+    run_dir: Path,
+    cfg: FederationConfig,
+    params: Arrays,
+    privacy: dict[str, Any],
+    final_eval: EvaluationRound,
+) -> Path:
+    """Write ``RUN/release/``: what may be published of the run, and nothing else.
+
+    ``model.npz`` (the released global parameters), ``config.json`` (the public config),
+    ``privacy.json`` (the privacy block, from the ledger) and ``metrics.json`` (utility
+    figures only where they are covered, :func:`release_metrics`). Participant ids,
+    counts, update norms, clipped fractions, losses and per-round evaluations stay in the
+    operator files beside it.
+    """
+    out = run_dir / RELEASE_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "model.npz", **params)  # type: ignore[arg-type]
+    files = {
+        "config.json": public_config(cfg),
+        "privacy.json": _releasable(privacy),
+        "metrics.json": release_metrics(cfg, final_eval),
+    }
+    for name, obj in files.items():
+        (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True))
+    return out

@@ -1,4 +1,5 @@
-"""The run directory's logs: per-round metrics and every message that crossed the wire."""
+"""The run directory's logs: per-round metrics, every message that crossed the wire, and
+what the server did with each reply it did not use (``direction: "verdict"``)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,22 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._fh.close()
+
+
+def verdict_entry(
+    round_: int, node: int, kind: str, verdict: str, reason: str, detail: str | None = None
+) -> dict[str, Any]:
+    """What the server did with a reply it did not use: ``"rejected"`` (malformed, with
+    the reason category and what exactly was wrong) or ``"refused"`` (the device declined,
+    with its refusal reason)."""
+    entry: dict[str, Any] = {
+        "round": round_,
+        "direction": "verdict",
+        "node": node,
+        "kind": kind,
+        "verdict": verdict,
+        "reason": reason,
+    }
+    if detail is not None:
+        entry["detail"] = detail
+    return entry
