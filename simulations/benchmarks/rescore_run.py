@@ -3,7 +3,8 @@
     python simulations/benchmarks/rescore_run.py RUN_DIR [--part test] [--per-device FILE]
         [--private-scale S]
 
-It rebuilds every simulated device from the run's ``config.json``, loads the run's final
+It scores with :mod:`pollinate.simulations.oracle`, which rebuilds every simulated device
+from the run's ``config.json``, loads the run's final
 global parameters (``global_params.npz``) and each device's latest private parameters
 from its store (``device-state-dir``; a device that never trained gets the ClientApp's
 seeded initial ones), and evaluates as the final Flower round does.
@@ -27,17 +28,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from pollinate.client.app import fresh_model, private_refit
-from pollinate.client.device_data import DeviceIndex
-from pollinate.client.evaluation import evaluate_device
-from pollinate.client.local_state import DiskStateStore
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
-from pollinate.shared.config import FederationConfig
-from pollinate.shared.tasks import load_task_for
-from pollinate.shared.threads import use_one_thread
+from pollinate.shared.errors import PollinateError
+from pollinate.simulations.oracle import oracle_parts
 
 
 def main() -> None:
@@ -50,35 +43,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     run: Path = args.run_dir
-    cfg = FederationConfig.from_mapping(json.loads((run / "config.json").read_text()))
-    if cfg.device_state_dir is None:
-        sys.exit(f"{run}: config.json names no device-state-dir; nothing to load")
-    use_one_thread()
-    task = load_task_for(cfg)
-    index = DeviceIndex(task)
-    with np.load(run / "global_params.npz") as saved:
-        glob = {k: saved[k] for k in saved.files}
-    flat = cfg.to_flat()
-    refit = private_refit(flat)
-    if refit is not None and args.private_scale != 1.0:
-        sys.exit(
-            f"{run}: this run refits the private parameters before it evaluates, which "
-            "would undo --private-scale; leave it at 1"
-        )
-    parts: list[dict[str, float]] = []
-    for u in range(index.n_devices):
-        device = index.device(u)
-        model = fresh_model(flat, device, u)
-        model.load_global_state(glob)
-        private = DiskStateStore(Path(cfg.device_state_dir), f"device-{u}").load(2**31)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for k, v in (private or {}).items():
-                params[k].copy_(torch.as_tensor(v))
-            for k, p in params.items():
-                if k.startswith(model.LOCAL_PREFIXES[0]):
-                    p.mul_(args.private_scale)
-        parts.append(evaluate_device(model, device, args.part, private_refit=refit))
+    try:
+        cfg, parts = oracle_parts(run, args.part, args.private_scale)
+    except PollinateError as exc:
+        sys.exit(str(exc))
     if args.per_device is not None:
         with args.per_device.open("w") as f:
             for u, part in enumerate(parts):

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dp_accounting
 import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
+from dp_accounting import pld
 
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.privacy.ledger import read_ledger, recompute
@@ -36,6 +37,9 @@ DP_RUN = {
     "server-opt": "fedavg",
     "server-lr": 1.0,
     "noise-seed": 5,
+    # Devices answer evaluations with noised sums, each charged to their ε.
+    "local-evaluation": "noised",
+    "local-eval-noise": 5.0,
 }
 
 
@@ -62,16 +66,31 @@ def test_ledger_has_one_event_per_release_and_recomputes(dp_run: Path) -> None:
     user = [e for e in events if e.layer == "user"]
     local = [e for e in events if e.layer == "local"]
     assert [e.round for e in user] == [1, 2, 3, 4]  # every round, empty or not
-    assert len(local) == sum(h["aggregated"] for h in history)
+    trained = [e for e in local if e.kind == "train"]
+    assert len(trained) == sum(h["aggregated"] for h in history)
+    # Devices answered the evaluations (the baseline, rounds 2 and 4, and the final test
+    # as round 5) with noised releases, one event each; a device with no held-out row
+    # releases nothing that depends on its data and is not charged.
+    evaluated = [e for e in local if e.kind == "evaluate"]
+    assert {e.round for e in evaluated} == {0, 2, 4, 5}
+    assert len({(e.device, e.round) for e in evaluated}) == len(evaluated)
+    assert all(e.sample_rate == 1.0 and e.steps == 1 for e in evaluated)
+    assert {e.neighbouring for e in local} == {"replace_one"}
+    assert {e.neighbouring for e in user} == {"add_remove"}
     assert recompute(events).worst_relative_error < 1e-6
-    # Independently: one device's ε with Opacus's own accountant over its rounds.
-    device = max({e.device for e in local}, key=lambda d: sum(e.device == d for e in local))
-    own = sorted((e for e in local if e.device == device), key=lambda e: e.round)
-    acc = RDPAccountant()
-    acc.history = [(e.noise_multiplier, e.sample_rate, e.steps) for e in own]
-    assert own[-1].epsilon == pytest.approx(acc.get_epsilon(own[-1].delta), rel=1e-9)
-    if len(own) > 1:
-        assert own[-1].epsilon > own[0].epsilon
+    # Independently: one device's ε with dp-accounting's PLD, replace-one, over all its
+    # releases (training rounds and evaluations).
+    device = max({e.device for e in trained}, key=lambda d: sum(e.device == d for e in trained))
+    own = sorted((e for e in local if e.device == device), key=lambda e: (e.round, e.kind))
+    acc = pld.PLDAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for e in own:
+        g = dp_accounting.GaussianDpEvent(e.noise_multiplier)
+        acc.compose(
+            g if e.sample_rate >= 1 else dp_accounting.PoissonSampledDpEvent(e.sample_rate, g),
+            e.steps,
+        )
+    assert max(e.epsilon for e in own) == pytest.approx(acc.get_epsilon(own[-1].delta), rel=0.01)
+    assert own[-1].epsilon > own[0].epsilon
 
 
 def test_metrics_json_reports_both_layers_from_the_ledger(dp_run: Path) -> None:
@@ -80,12 +99,18 @@ def test_metrics_json_reports_both_layers_from_the_ledger(dp_run: Path) -> None:
     events = read_ledger(dp_run / "ledger.jsonl")
     last_user = max((e for e in events if e.layer == "user"), key=lambda e: e.round)
     assert privacy["user"]["epsilon"] == pytest.approx(last_user.epsilon)
-    assert privacy["user"]["delta"] == pytest.approx(60**-1.1)
+    assert privacy["user"]["delta"] == pytest.approx(1e-5)
     assert privacy["local"]["epsilon_max"] == pytest.approx(
         max(e.epsilon for e in events if e.layer == "local")
     )
     assert "SEEDED" in privacy["user"]["noise_source"]
+    # The released figures come from the devices' noised sums; the simulation's own
+    # scoring of the same model sits beside them, labelled.
+    assert summary["final_source"] == "noised evaluation releases of the devices"
     assert np.isfinite(summary["final"]["rmse"])
+    assert np.isfinite(summary["oracle"]["final"]["rmse"])
+    released = json.loads((dp_run / "release" / "metrics.json").read_text())
+    assert released["final"]["rmse"] == pytest.approx(summary["final"]["rmse"])
 
 
 def test_dp_updates_are_dense_and_carry_no_training_loss(dp_run: Path) -> None:
@@ -115,17 +140,21 @@ def test_the_checks_of_the_shared_folder_pass(dp_run: Path) -> None:
 def test_a_device_budget_stops_devices_and_the_log_counts_them(tmp_path: Path) -> None:
     out = simulate(
         tmp_path / "budget",
-        # z = 1.5 at q = 0.5, 2 steps a round: ε ≈ 3.1 after one round, 4.2 after two,
-        # 5.0 after three, so every device stops before its third round.
-        **{"dp": "local", "user-noise": None, "user-clip": 0.05, "local-epsilon-budget": 4.5,
-           "rounds": 3, "sample-rate": 1.0, "local-noise": 1.5, "eval-every": 0},
+        # z = 2 at q = 0.5, 2 steps a round, replace-one: ε ≈ 2.9 after one round, 4.2
+        # after two, 5.4 after three, so every device stops before its third round.
+        **{"dp": "local", "user-noise": None, "user-clip": 0.05, "local-epsilon-budget": 5.0,
+           "rounds": 3, "sample-rate": 1.0, "local-noise": 2.0, "eval-every": 0,
+           "local-evaluation": "refuse"},
     )  # fmt: skip
     history = [h for h in read_jsonl(out / "metrics.jsonl") if h["round"] >= 1]
     assert [h["dp_stopped"] for h in history] == [0, 0, 60]
     assert history[-1]["aggregated"] == 0
-    assert all(h["local_epsilon_max"] <= 4.5 for h in history)
+    assert all(h["local_epsilon_max"] <= 5.0 for h in history)
     events = read_ledger(out / "ledger.jsonl")
-    assert len(events) == 120 and max(e.epsilon for e in events) <= 4.5
-    # Stopped devices still serve: the final evaluation covers every device.
+    assert len(events) == 120 and max(e.epsilon for e in events) <= 5.0
+    # Every device refused the final evaluation (its policy's default): the figures are
+    # the simulation's own scoring of the released model, and nothing is released.
     summary = json.loads((out / "metrics.json").read_text())
+    assert summary["final_source"].startswith("simulation oracle")
     assert np.isfinite(summary["final"]["rmse"])
+    assert not json.loads((out / "release" / "metrics.json").read_text())["final"]

@@ -5,10 +5,15 @@ The same object runs in simulations (one virtual device per user, selected by
 device restores its private parameters, loads the global ones, trains, saves its private
 parameters, and replies with the update to the global parameters and a few metrics, all
 checked against the allow-list before they leave.
+
+Privacy settings come from the device's own policy (:mod:`pollinate.client.policy`, read
+from the node config), never from the server's message: a request that would weaken the
+policy gets a refusal code and nothing else, and the reason is logged on the device.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Mapping
 from functools import lru_cache
@@ -29,10 +34,24 @@ from pollinate.client.dp_training import (
     train_device_dp,
 )
 from pollinate.client.evaluation import evaluate_device
-from pollinate.client.local_state import ContextStateStore, DiskStateStore, LocalStateStore
+from pollinate.client.local_state import (
+    ContextStateStore,
+    DiskStateStore,
+    LocalStateStore,
+    StateStoreError,
+)
+from pollinate.client.policy import DevicePolicy, policy_from_node_config, weakening
+from pollinate.client.private_evaluation import noised_sums
 from pollinate.client.training import LocalTrainConfig, check_finite, train_device
+from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel, build_model
-from pollinate.shared.privacy.ledger import LedgerWriter, local_event
+from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter, local_event
+from pollinate.shared.privacy.randomness import (
+    STREAM_DEVICE,
+    secret_torch_generator,
+    secure_generator,
+    seeded_generator,
+)
 from pollinate.shared.tasks import load_task
 from pollinate.shared.threads import use_one_thread
 from pollinate.shared.wire import (
@@ -44,10 +63,12 @@ from pollinate.shared.wire import (
     check_outgoing,
     integer,
     record_to_arrays,
+    refusal_content,
     spec_of,
 )
 
 app = ClientApp()
+LOG = logging.getLogger("pollinate.device")
 
 
 @lru_cache(maxsize=4)
@@ -97,14 +118,14 @@ def device_generator(
     return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> 1))
 
 
-def _state_store(config: Mapping[str, Any], context: Context) -> LocalStateStore:
-    root = config.get("device-state-dir")
-    if root:
+def _state_store(policy: DevicePolicy, context: Context) -> LocalStateStore:
+    """The store the policy names (its own directory), else the node's memory."""
+    if policy.state_dir:
         # A simulated device's "disk" needs atomicity, not durability against power loss.
         return DiskStateStore(
-            Path(str(root)),
-            f"device-{context.node_config['partition-id']}",
-            durable=not _simulated(context),
+            Path(policy.state_dir),
+            f"device-{device_key(context)}",
+            durable=not policy.simulated,
         )
     return ContextStateStore(context)
 
@@ -138,24 +159,63 @@ def fresh_model(config: Mapping[str, Any], device: DeviceData, partition: int) -
         return _build(config, device)
 
 
-def _simulated(context: Context) -> bool:
-    return "partition-id" in context.node_config
+def device_policy(context: Context) -> DevicePolicy:
+    """The device's own privacy policy (node config), never the server's message."""
+    return policy_from_node_config(context.node_config)
+
+
+def _seeded(policy: DevicePolicy) -> bool:
+    """Whether this device's noise and sampling are seeded (a simulation flag)."""
+    return policy.simulated and policy.noise_seed is not None
+
+
+def _secret(policy: DevicePolicy, config: Mapping[str, Any]) -> bool:
+    """Whether the device's randomness must be secret: under any DP, unless seeded."""
+    private = policy.local_dp or config.get("dp") in ("local", "user", "both")
+    return private and not _seeded(policy)
+
+
+def noise_generator(policy: DevicePolicy, round_: int, key: int, salt: int) -> np.random.Generator:
+    """The generator of a release's noise and Poisson sampling: a CSPRNG, or (simulated
+    device with a noise seed) a seeded one."""
+    if _seeded(policy):
+        assert policy.noise_seed is not None
+        return seeded_generator(policy.noise_seed, STREAM_DEVICE, round_, key, salt)
+    return secure_generator()
+
+
+def _mode(config: Mapping[str, Any]) -> str:
+    """The run's DP mode as the request states it (for the exact allow-list of a reply)."""
+    return str(config.get("dp") or "none")
+
+
+def _refuse(message: Message, reason: str, detail: str) -> Message:
+    """Reply with a refusal code and nothing else; say why on the device only."""
+    LOG.warning("refused a %s request: %s", message.metadata.message_type, detail)
+    content = refusal_content(reason)
+    return Message(content=content, reply_to=message)
 
 
 def _prepare(
-    message: Message, context: Context, *, evaluating: bool
+    message: Message, context: Context, policy: DevicePolicy, *, evaluating: bool
 ) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
     config = dict(message.content.config_records[CONFIG_RECORD])
-    if _simulated(context):
+    if policy.simulated:
         # A simulated device gets one core; thread pools would oversubscribe it.
         use_one_thread()
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
     round_ = integer(config["round"], "round")
-    gen = device_generator(config, round_, partition, salt=int(evaluating))
+    if _secret(policy, config):
+        # Negatives and dropout masks: secret, not a public stream indexed by round.
+        gen = secret_torch_generator(secure_generator())
+    elif _seeded(policy):
+        gen = device_generator({"seed": policy.noise_seed}, round_, partition, int(evaluating))
+    else:
+        gen = device_generator(config, round_, partition, salt=int(evaluating))
     model = fresh_model(config, device, partition)
     model.load_global_state(record_to_arrays(message.content.array_records[GLOBAL_RECORD]))
-    store = _state_store(config, context)
+    store = _state_store(policy, context)
     # Training in round r starts from the state of an earlier round; evaluating after
     # round r uses the state that round r produced.
     private = store.load(before_round=round_ + 1 if evaluating else round_)
@@ -215,83 +275,80 @@ def _optional_float(config: Mapping[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def local_dp_config(config: Mapping[str, Any]) -> LocalDPConfig:
-    """The device's DP-SGD settings from the round's config."""
+def local_dp_config(policy: DevicePolicy, config: Mapping[str, Any]) -> LocalDPConfig:
+    """The device's DP-SGD settings: every privacy value from its policy. Only the
+    gradient-sampling mode (same mechanism, different memory use) comes from the round."""
     return LocalDPConfig(
-        clip_norm=float(config["local-clip"]),
-        noise_multiplier=_optional_float(config, "local-noise"),
-        target_epsilon=_optional_float(config, "local-epsilon"),
-        planned_rounds=int(config["rounds"]),
-        delta=_optional_float(config, "local-delta"),
-        epsilon_budget=_optional_float(config, "local-epsilon-budget"),
-        accountant=str(config.get("local-accountant", "rdp")),  # type: ignore[arg-type]
-        secure_rng=config.get("noise-seed") is None,
+        clip_norm=policy.clip,
+        noise_multiplier=policy.noise_multiplier,
+        target_epsilon=policy.target_epsilon,
+        planned_rounds=policy.planned_rounds,
+        delta=policy.delta,
+        epsilon_budget=policy.epsilon_budget,
         grad_sample_mode=str(config.get("local-grad-sample-mode", "hooks")),  # type: ignore[arg-type]
     )
 
 
-def _ledger(config: Mapping[str, Any], context: Context) -> LedgerWriter | None:
-    """Where this device's DP releases are logged: the run's ledger for a simulated device,
-    its own state directory for a real one (which never writes to a server path)."""
-    if _simulated(context) and config.get("run-ledger"):
-        return LedgerWriter(Path(str(config["run-ledger"])))
-    root = config.get("device-state-dir")
-    if root:
-        return LedgerWriter(Path(str(root)) / f"device-{device_key(context)}" / "ledger.jsonl")
-    return None
+def _device_delta(policy: DevicePolicy, device: DeviceData) -> float:
+    return (
+        policy.delta if policy.delta is not None else default_local_delta(len(device.split.train))
+    )
+
+
+def _charge(policy: DevicePolicy, store: LocalStateStore, event: LedgerEvent) -> None:
+    """Write-ahead: the device's own ledger first (its accountant), then, for a simulated
+    device, the run's copy. Both happen before the release leaves."""
+    store.charge(event)
+    if policy.simulated and policy.run_ledger:
+        LedgerWriter(Path(policy.run_ledger)).append(event)
 
 
 def _train_private(
+    policy: DevicePolicy,
     config: dict[str, Any],
     context: Context,
     device: DeviceData,
     model: RecModel,
     store: LocalStateStore,
+    gen: torch.Generator,
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, int | float]]:
-    """A DP-SGD round. The accountant's history, the private parameters and the ledger
-    event are all written *before* this returns, that is before the update can leave."""
+    """A DP-SGD round. The ledger event (the accountant) and the private parameters are
+    written *before* this returns, that is before the update can leave."""
     round_ = int(config["round"])
-    dp = local_dp_config(config)
+    dp = local_dp_config(policy, config)
     history = store.load_history()
-    partition = int(context.node_config.get("partition-id", 0))
-    noise_gen = device_generator({"seed": config.get("noise-seed") or 0}, round_, partition, salt=3)
-    ledger = _ledger(config, context)
-    key = str(device_key(context))
+    key = device_key(context)
+    delta = _device_delta(policy, device)
 
     def before_release(new_history: list[tuple[float, float, int]]) -> None:
-        store.save_history(new_history)
+        _charge(
+            policy,
+            store,
+            local_event(
+                round_=round_,
+                device=str(key),
+                release=new_history[-1],
+                clip_norm=dp.clip_norm,
+                delta=delta,
+                accountant="pld",
+                epsilon=device_epsilon(new_history, delta),
+            ),
+        )
         private = _local_state(model)
         # A diverged round is still charged (whether it diverged depends on the data);
         # its private state is not kept, and check_finite below stops the update.
         if all(np.isfinite(v).all() for v in private.values()):
             store.save(round_, private)
-        if ledger is not None:
-            delta = (
-                dp.delta if dp.delta is not None else default_local_delta(len(device.split.train))
-            )
-            ledger.append(
-                local_event(
-                    round_=round_,
-                    device=key,
-                    release=new_history[-1],
-                    clip_norm=dp.clip_norm,
-                    delta=delta,
-                    accountant=dp.accountant,
-                    epsilon=device_epsilon(new_history, delta, dp.accountant),
-                )
-            )
 
     outcome = train_device_dp(
-        model, device, train_config(config), dp, history, noise_gen,
+        model, device, train_config(config), dp, history, gen,
+        noise_rng=noise_generator(policy, round_, key, salt=3),
         before_release=before_release,
     )  # fmt: skip
     if outcome.update is not None:
         check_finite(model, outcome.update)
-    metrics: dict[str, int | float] = {
-        "num-examples": outcome.n_examples,
-        "train-seconds": outcome.seconds,
-        "local-epsilon": outcome.epsilon,
-    }
+    # No example count and no timing: only the update and what it cost.
+    metrics: dict[str, int | float] = {"local-epsilon": outcome.epsilon}
     if outcome.update is None:
         metrics["dp-stopped"] = 1
     return outcome.update, metrics
@@ -299,15 +356,25 @@ def _train_private(
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    config, device, model, store, gen = _prepare(message, context, evaluating=False)
+    policy = device_policy(context)
+    request = dict(message.content.config_records[CONFIG_RECORD])
+    reason = weakening(policy, request, "train")
+    if reason is not None:
+        return _refuse(message, "policy", reason)
+    if policy.local_dp and not policy.state_dir:
+        return _refuse(message, "state", "local DP needs a durable, device-owned state store")
+    config, device, model, store, gen = _prepare(message, context, policy, evaluating=False)
     spec = spec_of(model.global_state())
-    if config.get("dp") in ("local", "both"):
-        update, metrics = _train_private(config, context, device, model, store)
+    if policy.local_dp:
+        try:
+            update, metrics = _train_private(policy, config, context, device, model, store, gen)
+        except StateStoreError as exc:
+            return _refuse(message, "state", str(exc))
         records: dict[str, Any] = {METRICS_RECORD: MetricRecord(metrics)}  # type: ignore[arg-type]
         if update is not None:
             records[UPDATE_RECORD] = arrays_to_record(update)
         content = RecordDict(records)
-        check_outgoing(content, kind="train", spec=spec)
+        check_outgoing(content, kind="train", spec=spec, dp="local")
         return Message(content=content, reply_to=message)
     outcome = train_device(model, device, train_config(config), gen)
     store.save(int(config["round"]), _local_state(model))
@@ -323,7 +390,7 @@ def train(message: Message, context: Context) -> Message:
             ),
         }
     )
-    check_outgoing(content, kind="train", spec=spec)
+    check_outgoing(content, kind="train", spec=spec, dp=_mode(config))
     return Message(content=content, reply_to=message)
 
 
@@ -332,11 +399,27 @@ def device_key(context: Context) -> int:
     63-bit key kept in the node's state."""
     if "partition-id" in context.node_config:
         return int(context.node_config["partition-id"])
+    policy = device_policy(context)
+    if policy.state_dir:
+        return _stored_key(Path(policy.state_dir))
     record = context.state.config_records.get("pollinate.device-key")
     if record is None:
         record = ConfigRecord({"key": secrets.randbits(63)})
         context.state["pollinate.device-key"] = record
     return integer(record["key"], "device-key")
+
+
+def _stored_key(root: Path) -> int:
+    """A real device's key, kept in its own state directory so that a restart keeps it."""
+    path = root / "device-key"
+    if not path.exists():
+        from pollinate.shared.fileio import atomic_write_bytes
+
+        atomic_write_bytes(path, str(secrets.randbits(63)).encode())
+    try:
+        return int(path.read_text().strip())
+    except ValueError as exc:
+        raise StateStoreError(f"{path} is not a device key ({exc}); restore it") from exc
 
 
 @app.query("enroll")
@@ -348,12 +431,81 @@ def enroll(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    config, device, model, _, gen = _prepare(message, context, evaluating=True)
+    policy = device_policy(context)
+    request = dict(message.content.config_records[CONFIG_RECORD])
+    reason = weakening(policy, request, "evaluate")
+    if reason is not None:
+        return _refuse(message, "policy", reason)
+    if policy.evaluation == "refuse":
+        return _refuse(message, "evaluation", "this device's policy answers no evaluation")
+    if policy.local_dp and not policy.state_dir:
+        return _refuse(message, "state", "a noised evaluation needs a durable accountant")
+    config, device, model, store, gen = _prepare(message, context, policy, evaluating=True)
     adapt = local_adaptation(config)
     if adapt is not None:
         # The adapted copy is scored and dropped: evaluating saves no state.
         adapt_locally(model, device, train_config(config), adapt, gen)
     sums = evaluate_device(model, device, str(config["part"]), private_refit=private_refit(config))
+    if policy.evaluation == "noised":
+        try:
+            released = _noised_evaluation(policy, config, context, device, store, sums)
+        except StateStoreError as exc:
+            return _refuse(message, "state", str(exc))
+        except ConfigError as exc:
+            return _refuse(message, "evaluation", str(exc))
+        if released is None:
+            return _refuse(message, "budget", "the noised evaluation would exceed the budget")
+        sums = released
     content = RecordDict({METRICS_RECORD: MetricRecord(sums)})  # type: ignore[arg-type]
-    check_outgoing(content, kind="evaluate", spec={})
+    check_outgoing(
+        content,
+        kind="evaluate",
+        spec={},
+        dp="local" if policy.local_dp else _mode(config),
+        task=device.task,
+        genres=device.data.item_genres is not None,
+    )
     return Message(content=content, reply_to=message)
+
+
+def _noised_evaluation(
+    policy: DevicePolicy,
+    config: Mapping[str, Any],
+    context: Context,
+    device: DeviceData,
+    store: LocalStateStore,
+    sums: Mapping[str, float],
+) -> dict[str, float] | None:
+    """The evaluation sums as a Gaussian release charged to the device's accountant
+    (:mod:`pollinate.client.private_evaluation`), or ``None`` when the budget forbids it."""
+    round_ = int(config["round"])
+    key = device_key(context)
+    rng = noise_generator(policy, round_, key, salt=4)
+    released, unit = noised_sums(
+        sums, device.task, device.data.rating_scale, policy.eval_noise, rng
+    )
+    history = store.load_history()
+    delta = _device_delta(policy, device)
+    if unit > 0:
+        new_history = [*history, (policy.eval_noise, 1.0, 1)]
+        epsilon = device_epsilon(new_history, delta)
+        if policy.epsilon_budget is not None and epsilon > policy.epsilon_budget:
+            return None
+        _charge(
+            policy,
+            store,
+            local_event(
+                round_=round_,
+                device=str(key),
+                release=(policy.eval_noise, 1.0, 1),
+                clip_norm=unit,
+                delta=delta,
+                accountant="pld",
+                epsilon=epsilon,
+                kind="evaluate",
+            ),
+        )
+    else:
+        epsilon = device_epsilon(history, delta) if history else 0.0
+    released["local-epsilon"] = epsilon
+    return released

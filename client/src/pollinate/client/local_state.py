@@ -1,23 +1,31 @@
-"""Where a device keeps its private parameters between rounds.
+"""Where a device keeps its private parameters and its privacy accountant between rounds.
 
-Two stores with one interface. :class:`ContextStateStore` keeps them in Flower's node
-state (``context.state``), which lives as long as the node process. :class:`DiskStateStore`
-writes them to a directory, as a real device would, so they survive restarts.
+Two stores with one interface. :class:`ContextStateStore` keeps private parameters in
+Flower's node state (``context.state``), which lives as long as the node process and is
+dropped when a ClientApp raises: it cannot hold an accountant, and a device refuses local
+DP with it. :class:`DiskStateStore` writes to a directory the device owns, as a real
+device would, so its state survives restarts and crashes.
 
-Each saved version is tagged with the round that produced it. A device loads the latest
-version *older than* the round it is asked to train, so a round that is re-run after a
-server crash starts from exactly the state it started from the first time.
+Each saved version of the private parameters is tagged with the round that produced it.
+A device loads the latest version *older than* the round it is asked to train, so a round
+that is re-run after a server crash starts from exactly the state it started from.
 
-The DP accountant's history is the exception: it is never rolled back. It is one list
-``[(noise_multiplier, sample_rate, steps), ...]`` of every round the device ever trained
-under DP, saved *before* the update leaves (write-ahead). A round that is re-run is
-accounted twice, because two releases happened: ε is over-counted, never under-counted.
+The DP accountant is the exception: it is never rolled back. Its source of truth is the
+device's own ledger (``ledger.jsonl`` in its directory): one event per release (a
+training round or a noised evaluation), appended and flushed *before* the release leaves
+(write-ahead), and the accountant's history ``[(noise_multiplier, sample_rate, steps),
+...]`` is read back from it. A round that is re-run is accounted twice, because two
+releases may have happened: ε is over-counted, never under-counted. A crash in the middle
+of an append leaves a last line without its newline; that release never left the device
+(the release waits for the append), so the partial line is dropped. Any other damage is
+an error that names the file and line: the device cannot know what it spent.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Protocol
@@ -25,27 +33,25 @@ from typing import Protocol
 import numpy as np
 from flwr.app import ConfigRecord, Context
 
+from pollinate.shared.errors import PollinateError
 from pollinate.shared.fileio import atomic_write_bytes
+from pollinate.shared.privacy.ledger import LedgerEvent
 from pollinate.shared.wire import arrays_to_record, record_to_arrays
 
 Arrays = dict[str, np.ndarray]
 STATE_KEY = "pollinate.local"
 ROUND_KEY = "pollinate.local.round"
-HISTORY_KEY = "pollinate.dp-history"
 History = list[tuple[float, float, int]]
 
 
-def _flatten(history: History) -> list[float]:
-    return [float(x) for entry in history for x in entry]
-
-
-def _unflatten(flat: list[float]) -> History:
-    if len(flat) % 3:
-        raise ValueError(f"a DP history has 3 numbers per round, got {len(flat)} numbers")
-    return [(flat[i], flat[i + 1], int(flat[i + 2])) for i in range(0, len(flat), 3)]
+class StateStoreError(PollinateError):
+    """A device's store cannot hold or give back what it must (not durable, corrupt)."""
 
 
 class LocalStateStore(Protocol):
+    #: Whether the store survives the node process (required for an accountant).
+    durable: bool
+
     def load(self, before_round: int) -> Arrays | None:
         """The latest saved private parameters from a round < ``before_round``, or None."""
 
@@ -53,14 +59,20 @@ class LocalStateStore(Protocol):
         """Save the private parameters produced in ``round_``."""
 
     def load_history(self) -> History:
-        """The DP accountant's whole history (empty for a device that never trained)."""
+        """The DP accountant's whole history (empty for a device that never released)."""
 
-    def save_history(self, history: History) -> None:
-        """Persist the accountant's history (call before the update leaves)."""
+    def charge(self, event: LedgerEvent) -> None:
+        """Append one release to the device's ledger (call before the release leaves)."""
 
 
 class ContextStateStore:
-    """Private parameters in ``context.state`` (one version: the node's memory)."""
+    """Private parameters in ``context.state`` (one version: the node's memory).
+
+    Not durable: Flower drops context changes when the ClientApp raises, and a restarted
+    node starts empty, so it keeps no accountant (:meth:`charge` raises).
+    """
+
+    durable = False
 
     def __init__(self, context: Context) -> None:
         self.state = context.state
@@ -78,13 +90,14 @@ class ContextStateStore:
         self.state[ROUND_KEY] = ConfigRecord({"round": round_})
 
     def load_history(self) -> History:
-        record = self.state.config_records.get(HISTORY_KEY)
-        if record is None:
-            return []
-        return _unflatten(list(record["flat"]))  # type: ignore[arg-type]
+        return []
 
-    def save_history(self, history: History) -> None:
-        self.state[HISTORY_KEY] = ConfigRecord({"flat": _flatten(history)})
+    def charge(self, event: LedgerEvent) -> None:
+        raise StateStoreError(
+            "this device keeps its state in the node's memory, which a restart or a failed "
+            "round resets; a DP accountant needs a durable store (give the device a state "
+            "directory)"
+        )
 
 
 _VERSION = re.compile(r"^r(\d+)\.npz$")
@@ -119,21 +132,53 @@ class DiskStateStore:
             (self.dir / f"r{old}.npz").unlink(missing_ok=True)
 
     @property
-    def _history_path(self) -> Path:
-        return self.dir / "dp-history.json"
+    def ledger_path(self) -> Path:
+        return self.dir / "ledger.jsonl"
+
+    def events(self) -> list[LedgerEvent]:
+        """Every release this device ever made, from its own ledger (see the module doc)."""
+        legacy = self.dir / "dp-history.json"
+        if legacy.exists():
+            raise StateStoreError(
+                f"{legacy} holds an accountant in an older format; this version keeps it in "
+                f"{self.ledger_path.name}. Finish the run with the Pollinate that wrote it"
+            )
+        if not self.ledger_path.exists():
+            return []
+        text = self.ledger_path.read_bytes().decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        committed, partial = lines[:-1], lines[-1]
+        if partial:
+            # An append that a crash cut short: that release never left the device.
+            self._drop_partial(len(text) - len(partial))
+        events = []
+        for n, line in enumerate(committed, start=1):
+            if not line.strip():
+                continue
+            try:
+                events.append(LedgerEvent.from_mapping(json.loads(line)))
+            except (ValueError, TypeError, PollinateError) as exc:
+                raise StateStoreError(
+                    f"{self.ledger_path}, line {n}: not a ledger event ({exc}); the device "
+                    "cannot know what it already spent. Restore the file from a backup; "
+                    "never delete it to start over"
+                ) from exc
+        return events
+
+    def _drop_partial(self, keep_bytes: int) -> None:
+        with self.ledger_path.open("r+b") as fh:
+            fh.truncate(keep_bytes)
+            if self.durable:
+                os.fsync(fh.fileno())
 
     def load_history(self) -> History:
-        if not self._history_path.exists():
-            return []
-        try:
-            raw = json.loads(self._history_path.read_text())
-            return [(float(z), float(q), int(k)) for z, q, k in raw]
-        except (ValueError, TypeError) as exc:
-            raise ValueError(
-                f"{self._history_path} is corrupt ({exc}); the device cannot know what it "
-                "already spent. Restore it from a backup; never delete it to start over"
-            ) from exc
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.events()]
 
-    def save_history(self, history: History) -> None:
-        data = json.dumps([[z, q, k] for z, q, k in history]).encode()
-        atomic_write_bytes(self._history_path, data, durable=self.durable)
+    def charge(self, event: LedgerEvent) -> None:
+        self.events()  # refuses a damaged ledger, drops a partial last line
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.ledger_path.open("a") as fh:
+            fh.write(event.to_json() + "\n")
+            fh.flush()
+            if self.durable:
+                os.fsync(fh.fileno())

@@ -7,24 +7,50 @@ devices come from differs: here each virtual SuperNode plays one user of a datas
 Flower's Python entry point (``run_simulation``) gives the ServerApp an empty run config;
 we pass the resolved config through the server context of the same runtime
 (``flwr.simulation.run_simulation._run_simulation``, pinned by flwr 1.41.x). Devices get
-their configuration from the server's messages, as in a deployment. The engine installs
-:mod:`pollinate.simulations.flower_patches`, a scaling fix of Flower's message polling.
+their training configuration from the server's messages, as in a deployment, and their
+privacy policy from their node config (:func:`simulation_policy`), as a deployed device
+gets it from its owner: the server never sets it. The engine installs
+:mod:`pollinate.simulations.flower_patches`, a scaling fix of Flower's message polling
+and the hook that gives virtual nodes that node config.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, RecordDict
 
+from pollinate.client.policy import NODE_CONFIG_KEY, DevicePolicy
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.tasks import load_task_for
 
 #: Ray resources per virtual device. Flower's default (2 CPUs) runs one device at a
 #: time on a 2-core machine; one CPU each runs one device per core.
 DEFAULT_CPUS_PER_DEVICE = 1.0
+
+
+def simulation_policy(cfg: FederationConfig) -> DevicePolicy:
+    """The privacy policy of every simulated device of ``cfg``: the person who runs a
+    simulation owns its devices, so the run's local-DP settings are their policy."""
+    local = cfg.local_dp
+    return DevicePolicy(
+        local_dp=local,
+        noise_multiplier=cfg.local_noise if local else None,
+        target_epsilon=cfg.local_epsilon if local else None,
+        planned_rounds=cfg.rounds,
+        clip=cfg.local_clip,
+        delta=cfg.local_delta,
+        epsilon_budget=cfg.local_epsilon_budget if local else None,
+        evaluation=cfg.local_evaluation if local else "answer",
+        eval_noise=cfg.local_eval_noise,
+        state_dir=cfg.device_state_dir,
+        simulated=True,
+        noise_seed=cfg.noise_seed,
+        run_ledger=str((Path(cfg.out) / "ledger.jsonl").resolve()),
+    )
 
 
 def count_devices(cfg: FederationConfig) -> int:
@@ -64,6 +90,7 @@ def run_federation(
     from pollinate.simulations import flower_patches
 
     flower_patches.install()
+    flower_patches.set_node_config({NODE_CONFIG_KEY: simulation_policy(cfg).to_json()})
     n_devices = count_devices(cfg)
     run_config: dict[str, Any] = {k: v for k, v in cfg.to_flat().items() if v is not None}
     run_config[RESUME_KEY] = resume
@@ -83,3 +110,9 @@ def run_federation(
         server_app_context=server_context,
         verbose_logging=verbose,
     )
+    if cfg.local_dp and (Path(cfg.out) / "metrics.json").exists():
+        # Local-DP devices refuse evaluation by default (or release noisy sums): the
+        # experimenter scores the released model on the devices' data, outside the run.
+        from pollinate.simulations.oracle import add_oracle_to_summary
+
+        add_oracle_to_summary(Path(cfg.out))

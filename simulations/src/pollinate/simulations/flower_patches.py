@@ -1,4 +1,5 @@
-"""A scaling fix for Flower's simulation runtime (flwr 1.41.x), applied by the engine.
+"""A scaling fix for Flower's simulation runtime (flwr 1.41.x), applied by the engine,
+and the node config of simulated devices.
 
 Flower's simulation runtime moves messages from its in-memory link state to the Ray
 workers with ``vce_api.add_messages_to_queue``: every 0.1 s, for **each** node, it calls
@@ -25,6 +26,30 @@ import flwr
 
 LOG = logging.getLogger(__name__)
 PATCHED_VERSIONS = ("1.41.",)
+
+#: Extra node-config entries every simulated SuperNode starts with (set by the engine).
+#: Flower's Python simulation entry point gives a virtual node only its partition-id; a
+#: deployed SuperNode gets the same kind of entries from ``--node-config``.
+EXTRA_NODE_CONFIG: dict[str, Any] = {}
+
+
+def set_node_config(extra: dict[str, Any]) -> None:
+    """Give every virtual node of the next simulation these node-config entries."""
+    EXTRA_NODE_CONFIG.clear()
+    EXTRA_NODE_CONFIG.update(extra)
+
+
+def _with_node_config(original: Any) -> Any:
+    def register(*args: Any, **kwargs: Any) -> Any:
+        stores = original(*args, **kwargs)
+        for store in stores.values():
+            store.node_config.update(EXTRA_NODE_CONFIG)
+            for info in store.run_infos.values():
+                info.context.node_config.update(EXTRA_NODE_CONFIG)
+        return stores
+
+    register.__wrapped__ = original  # type: ignore[attr-defined]
+    return register
 
 
 def add_messages_to_queue(
@@ -69,4 +94,6 @@ def install() -> bool:
         )
         return False
     vce_api.add_messages_to_queue = add_messages_to_queue
+    if not hasattr(vce_api._register_node_info_stores, "__wrapped__"):
+        vce_api._register_node_info_stores = _with_node_config(vce_api._register_node_info_stores)
     return True

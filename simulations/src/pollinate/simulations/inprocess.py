@@ -10,6 +10,12 @@ same format as a Flower run.
 Use it to choose settings (on validation data) and to sweep privacy levels; the figures
 that Pollinate reports as federated runs come from ``pollinate simulate``, and
 ``simulations/benchmarks/RESULTS.md`` says which tool produced each figure.
+
+Devices follow the same policy as the engine gives simulated devices
+(:func:`pollinate.simulations.engine.simulation_policy`): their DP settings, their secret
+(or, with ``noise-seed``, seeded) noise and sampling, and their ledger events. Evaluation
+is the simulation oracle: the experimenter scores every device's held-out rows directly
+(no device release; see :mod:`pollinate.simulations.oracle`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pollinate.client.app import (
     device_generator,
     local_adaptation,
     local_dp_config,
+    noise_generator,
     private_refit,
     train_config,
 )
@@ -41,14 +48,16 @@ from pollinate.server.averaging import IterateAverage
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.federation import build_run_model, initial_global_state, server_optimizer
 from pollinate.server.privacy import UserPrivacy, privacy_summary
-from pollinate.server.sampling import poisson_sample
+from pollinate.server.sampling import poisson_sample, sampler_source
 from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.environment import record_environment
 from pollinate.shared.errors import TrainingDivergedError
 from pollinate.shared.privacy.ledger import LedgerWriter, local_event
+from pollinate.shared.privacy.randomness import secret_torch_generator, secure_generator
 from pollinate.shared.tasks import catalog_of, load_task_for
 from pollinate.shared.threads import use_one_thread
+from pollinate.simulations.engine import simulation_policy
 
 Arrays = dict[str, np.ndarray]
 
@@ -113,7 +122,8 @@ def run_inprocess(
     spec = {n: (tuple(a.shape), str(a.dtype)) for n, a in glob.items()}
     opt = server_optimizer(cfg, catalog)
     average = IterateAverage(cfg.server_ema) if cfg.server_ema is not None else None
-    rng = np.random.default_rng(cfg.seed)
+    sampler = sampler_source(private=cfg.dp != "none", seed=cfg.seed, noise_seed=cfg.noise_seed)
+    rng = sampler.rng
     gen = torch.Generator().manual_seed(cfg.seed)
     flat = cfg.to_flat()
     train_cfg = train_config(flat)
@@ -128,9 +138,12 @@ def run_inprocess(
     ledger = LedgerWriter(ledger_path) if write_ledger and cfg.dp != "none" else None
     user = UserPrivacy.from_config(cfg, len(devices)) if cfg.user_dp else None
     user_noise = noise_source(cfg.noise_seed, role="user-level noise")
-    local_dp = local_dp_config(flat) if cfg.local_dp else None
+    policy = simulation_policy(cfg)
+    local_dp = local_dp_config(policy, flat) if cfg.local_dp else None
     histories: dict[int, list[tuple[float, float, int]]] = {u: [] for u in range(len(devices))}
-    noise_gen = torch.Generator().manual_seed(cfg.noise_seed or 0)
+    if cfg.dp != "none" and cfg.noise_seed is None:
+        # Negatives and dropout masks of a private run: secret, as on a Flower device.
+        gen = secret_torch_generator(secure_generator())
 
     def released() -> Arrays:
         return glob if average is None else average.value(glob)
@@ -190,8 +203,9 @@ def run_inprocess(
                 losses.append(outcome.loss)
             else:
                 dp_out = train_device_dp(
-                    model, devices[u], train_cfg, local_dp, histories[u], noise_gen
-                )
+                    model, devices[u], train_cfg, local_dp, histories[u], gen,
+                    noise_rng=noise_generator(policy, r, u, salt=3),
+                )  # fmt: skip
                 update = dp_out.update
                 n_train = dp_out.n_examples
                 eps_local.append(dp_out.epsilon)
@@ -207,7 +221,6 @@ def run_inprocess(
                             release=dp_out.history[-1],
                             clip_norm=local_dp.clip_norm,
                             delta=dp_out.plan.delta,
-                            accountant=local_dp.accountant,
                             epsilon=dp_out.epsilon,
                         )
                     )
@@ -280,6 +293,11 @@ def run_inprocess(
         result.privacy.setdefault("local", {})["delta_rule"] = (
             "min(1e-5, 1/(10 n)) per device" if cfg.local_delta is None else cfg.local_delta
         )
+    result.privacy["sampling"] = sampler.description
+    result.privacy["evaluation"] = (
+        "simulation oracle: the experimenter scored every device's held-out rows directly "
+        "(no device released these figures)"
+    )
     result.seconds = time.perf_counter() - t_start
     summary = {
         "tool": "pollinate.simulations.inprocess (no Flower messaging)",

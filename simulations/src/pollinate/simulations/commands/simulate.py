@@ -17,8 +17,15 @@ console = Console(stderr=True)
 
 
 def build_config(options: dict[str, Any], resume: Path | None) -> FederationConfig:
-    """The run's config: CLI options, or the saved config of the run being resumed."""
-    given = {k: v for k, v in options.items() if v is not None}
+    """The run's config: CLI options, or the saved config of the run being resumed.
+
+    A resumed run keeps its saved config; it may be extended to more rounds and given
+    ε budgets. A run whose noise was calibrated to an ε target (``--user-epsilon``,
+    ``--local-epsilon``) for R rounds spends that target in R rounds, so extending it
+    would spend more: that is refused unless the layer's ε budget is set, which then
+    stops the run (or the device) before the budget is exceeded.
+    """
+    given = {k.replace("_", "-"): v for k, v in options.items() if v is not None}
     if resume is not None:
         saved_path = resume / "config.json"
         if not saved_path.exists():
@@ -26,14 +33,30 @@ def build_config(options: dict[str, Any], resume: Path | None) -> FederationConf
                 f"{saved_path} does not exist; --resume takes the run directory of an earlier run"
             )
         saved = json.loads(saved_path.read_text())
-        # A resumed run keeps its config; it may only be extended to more rounds.
-        unexpected = sorted(set(given) - {"progress", "rounds"})
+        allowed = {"progress", "rounds", "user-epsilon-budget", "local-epsilon-budget"}
+        unexpected = sorted(set(given) - allowed)
         if unexpected:
             raise PollinateError(
-                f"--resume continues a run with its saved config; drop {unexpected}"
+                f"--resume continues a run with its saved config; drop {unexpected} (a resumed "
+                f"run may only change {sorted(allowed)})"
             )
+        saved_rounds = int(saved.get("rounds", 0))
         saved.update(given)
-        return FederationConfig.from_mapping(saved)
+        cfg = FederationConfig.from_mapping(saved)
+        if cfg.rounds > saved_rounds:
+            for layer in ("user", "local"):
+                target = getattr(cfg, f"{layer}_epsilon")
+                if target is not None and getattr(cfg, f"{layer}_epsilon_budget") is None:
+                    raise PollinateError(
+                        f"--resume to {cfg.rounds} rounds would exceed --{layer}-epsilon "
+                        f"{target}: the {layer}-level noise was calibrated to spend ε = {target} "
+                        f"over {saved_rounds} rounds, and every further round adds to it. "
+                        f"Either pass --{layer}-epsilon-budget B to stop once ε would exceed B "
+                        f"(B = {target} keeps the target; training then ends when it is "
+                        f"spent), or start a new run with --rounds {cfg.rounds} so that the "
+                        "noise is calibrated for all of them"
+                    )
+        return cfg
     cfg = FederationConfig.from_mapping(given)
     if cfg.device_state_dir is None:
         # Simulated devices keep their private state on "disk", as a phone would, so
@@ -203,7 +226,21 @@ def simulate(
     local_delta: Annotated[
         float | None, typer.Option(help="Device δ (default min(1e-5, 1/(10·n)))")
     ] = None,
-    local_accountant: Annotated[str | None, typer.Option(help="rdp or prv (Opacus)")] = None,
+    local_accountant: Annotated[
+        str | None, typer.Option(help="pld (dp-accounting, replace-one): the only one")
+    ] = None,
+    local_evaluation: Annotated[
+        str | None,
+        typer.Option(
+            help="Local-DP devices' answer to evaluation requests: refuse (default; the "
+            "simulation scores the released model itself) or noised (a Gaussian release "
+            "charged to each device's ε)"
+        ),
+    ] = None,
+    local_eval_noise: Annotated[
+        float | None,
+        typer.Option(help="Noise multiplier of a noised evaluation release (default 10)"),
+    ] = None,
     local_grad_sample_mode: Annotated[
         str | None, typer.Option(help="hooks, or ghost (mf with --weight-decay 0 only)")
     ] = None,
@@ -219,7 +256,9 @@ def simulate(
     user_epsilon_budget: Annotated[
         float | None, typer.Option(help="The server stops training beyond this ε")
     ] = None,
-    user_delta: Annotated[float | None, typer.Option(help="User δ (default 1/N^1.1)")] = None,
+    user_delta: Annotated[
+        float | None, typer.Option(help="User δ (default min(1e-5, 1/(10·N)))")
+    ] = None,
     user_accountant: Annotated[str | None, typer.Option(help="pld or rdp (dp-accounting)")] = None,
     noise_seed: Annotated[
         int | None,
@@ -247,4 +286,5 @@ def simulate(
     run_federation(cfg, resume=resume is not None, cpus_per_device=cpus_per_device, verbose=verbose)
     summary = json.loads((Path(cfg.out) / "metrics.json").read_text())
     final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
-    console.print(f"[green]done[/green]: {cfg.out}/metrics.json  {final}")
+    source = f"  ({summary['final_source']})" if summary.get("final_source") else ""
+    console.print(f"[green]done[/green]: {cfg.out}/metrics.json  {final}{source}")
