@@ -110,7 +110,9 @@ WEAKER = {
 
 
 @pytest.mark.parametrize("what", sorted(WEAKER))
-def test_a_weaker_request_is_refused_and_nothing_else_leaves(tmp_path: Path, what: str) -> None:
+def test_a_weaker_request_is_refused_and_nothing_else_leaves(
+    tmp_path: Path, what: str, caplog: pytest.LogCaptureFixture
+) -> None:
     ctx = context(3, policy(tmp_path))
     msg = message("train", 1)
     config = msg.content.config_records["config"]
@@ -119,8 +121,11 @@ def test_a_weaker_request_is_refused_and_nothing_else_leaves(tmp_path: Path, wha
             config.pop(key, None)
         else:
             config[key] = value
-    reply = client_app.train(msg, ctx)
+    with caplog.at_level("WARNING", logger="pollinate.device"):
+        reply = client_app.train(msg, ctx)
     assert_refused(reply, "policy")
+    # The device says why, in its own log only.
+    assert any("refused" in r.getMessage() for r in caplog.records)
     # Nothing was trained, charged or saved.
     assert not (tmp_path / "ledger.jsonl").exists()
     assert not (tmp_path / "devices").exists()
