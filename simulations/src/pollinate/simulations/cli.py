@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported for their side effect: each module adds its commands to ``app``.
-    from pollinate.simulations.commands import centralized, data, simulate  # noqa: F401
+    from pollinate.simulations.commands import audit, centralized, data, simulate  # noqa: F401
 
 
 _register()
