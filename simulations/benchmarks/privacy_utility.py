@@ -12,7 +12,9 @@ code of a Flower round, DP included, without messaging; see its docstring). ``in
 the same configuration without the DP layer. For the user layer, ``--epsilons`` are
 targets for the planned rounds (``--user-epsilon``, z calibrated with dp-accounting); for
 the local layer, lifetime targets of every device (``--local-epsilon``, z calibrated per
-device with Opacus). The ε reported is the one the ledger gives at the end of the run.
+device with dp-accounting's PLD under replace-one). The ε reported is the one the ledger
+gives at the end of the run. Figures are scored by the simulation oracle (the
+experimenter's own evaluation of every device, no device release).
 """
 
 from __future__ import annotations
