@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pollinate.server.aggregate import UpdateSum
 from pollinate.server.averaging import IterateAverage
+from pollinate.server.canaries import UserCanaries
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.optimizers import ServerOptimizer, make_server_optimizer
@@ -119,6 +120,8 @@ class RoundResult:
     local_epsilons: list[float] = field(default_factory=list)
     update_norms: list[float] = field(default_factory=list)
     user_epsilon: float | None = None
+    #: Canary devices that joined the round (audit runs only; operator files).
+    canaries: int = 0
 
 
 @dataclass
@@ -218,12 +221,21 @@ class Server:
         self.user_privacy = UserPrivacy.from_config(cfg, n_devices) if cfg.user_dp else None
         self.noise = noise_source(cfg.noise_seed, role="user-level noise")
         self.stopped_reason: str | None = None
+        # Canary devices for the empirical audit; their coins come from the sampler, which
+        # is secret under DP.
+        self.canaries = (
+            UserCanaries.create(cfg.audit_canaries, self.spec, cfg.user_clip, self.rng)
+            if cfg.audit_canaries
+            else None
+        )
 
     # -- persistence ---------------------------------------------------------------
     def resume(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
         if spec_of(ckpt.params) != self.spec:
             raise FederationError("the checkpoint's parameters do not match this model")
+        if self.canaries is not None:
+            self.canaries = UserCanaries.load(self.run_dir)  # the same coins as before
         self.params = ckpt.params
         self.optimizer.load_state_dict(ckpt.optimizer)
         if self.average is not None:
@@ -406,7 +418,9 @@ class Server:
         and a :class:`FederationError` stops the run.
         """
         total = self.round_sum() if total is None else total
-        result.update_norms = total.norms
+        result.update_norms = list(total.norms)
+        if self.canaries is not None:
+            result.canaries = self.canaries.add_to(total, self.cfg.sample_rate, self.rng)
         up = self.user_privacy
         if up is None:
             if total.count:
@@ -500,6 +514,8 @@ class Server:
         if keep is None and self.ledger_path.exists():
             # A new run in an old directory: keep the old ledger beside, untouched.
             self.ledger_path.rename(self.run_dir / f"ledger.before-{time.time_ns()}.jsonl")
+        if keep is None and self.canaries is not None:
+            self.canaries.save(self.run_dir, self.params)
         msg_log = JsonlWriter(self.run_dir / "messages.jsonl", keep_through_round=keep)
         t_enroll = time.perf_counter()
         nodes = self.enroll(wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout), msg_log)
@@ -559,6 +575,8 @@ class Server:
                     "train_wall_s": t_train,
                     "device_train_s": result.device_seconds,
                 }
+                if self.canaries is not None:
+                    entry["canaries"] = result.canaries
                 if cfg.local_dp:
                     entry["dp_stopped"] = result.dp_stopped
                     entry["local_epsilon_max"] = max(result.local_epsilons, default=None)

@@ -228,6 +228,10 @@ class FederationConfig(BaseModel):
     #: Seed of the privacy noise, for reproducible simulations only. ``None`` (the
     #: default) draws noise from a secure source; the run report says which was used.
     noise_seed: int | None = None
+    #: User-level canaries for the empirical audit (``pollinate.server.canaries``): M
+    #: fake devices whose update is a random direction of norm ``user_clip``, each in the
+    #: run with probability 1/2 by a secret coin. 0: none. They change the model a little.
+    audit_canaries: int = Field(0, ge=0)
     # Run
     seed: int = 0
     out: str = "runs/latest"
@@ -356,6 +360,12 @@ class FederationConfig(BaseModel):
                 f"--local-noise {self.local_noise} is below 0.3, where the replace-one PLD "
                 "accountant needs gigabytes and ε exceeds 100 within 20 steps (a device "
                 "would report ε = inf); use --local-noise 0.3 or more"
+            )
+        if self.audit_canaries and self.dp == "local":
+            raise ValueError(
+                "--audit-canaries adds canary devices to the server's aggregate, which audits "
+                "the user-level release; use it with --dp user, both or none (interaction-level "
+                "canaries are not built yet)"
             )
         if self.user_accountant == "pld" and self.user_noise is not None and self.user_noise < 0.3:
             raise ValueError(

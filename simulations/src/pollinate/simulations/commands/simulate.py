@@ -264,6 +264,13 @@ def simulate(
         int | None,
         typer.Option(help="Seed the privacy noise (simulations only; default: secure source)"),
     ] = None,
+    audit_canaries: Annotated[
+        int | None,
+        typer.Option(
+            help="Canary devices for the empirical audit: each adds a random direction of "
+            "norm --user-clip, in the run with probability 1/2 (default 0: none)"
+        ),
+    ] = None,
     out: Annotated[str | None, typer.Option(help="Run directory")] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the interrupted run in this directory")
