@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck clean
+.PHONY: install demo test browser-deps lint typecheck clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/pollinate simulate --out runs/demo
 
-test: $(STAMP)
+# The browser tests open pages in Debian's headless Chromium; as root (CI) it is installed
+# here, elsewhere they are skipped with the reason unless CI is set.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+		else echo "chromium/chromium-driver missing: the browser tests will be skipped"; fi; \
+	fi
+
+test: $(STAMP) browser-deps
 	$(BIN)/python -m pytest tests -q --timeout=900
 
 lint: $(STAMP)

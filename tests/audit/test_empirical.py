@@ -17,7 +17,7 @@ from pollinate.audit.empirical import claimed_user_privacy, user_level_audit
 from pollinate.audit.one_run import default_guess_grid, epsilon_lower_bound
 from pollinate.server import user_dp
 from pollinate.server.canaries import CANARY_FILE, UserCanaries
-from pollinate.server.federation import Server
+from pollinate.server.federation import Server, write_summary
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.tasks import Catalog
 from pollinate.shared.wire import arrays_to_record, record_to_arrays
@@ -66,7 +66,9 @@ def run(tmp_path: Path, **extra: Any) -> Path:
          "audit-canaries": CANARIES, "user-clip": 0.1, "noise-seed": 3} | extra
     )  # fmt: skip
     catalog = Catalog(n_items=500, item_genres=None, rating_scale=(1.0, 5.0))
-    Server(Devices(), cfg, catalog, n_devices=DEVICES).run()  # type: ignore[arg-type]
+    outcome = Server(Devices(), cfg, catalog, n_devices=DEVICES).run()  # type: ignore[arg-type]
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_flat()))
+    write_summary(tmp_path, cfg, outcome)
     return tmp_path
 
 
@@ -131,3 +133,19 @@ def test_canaries_are_exactly_one_users_largest_contribution(tmp_path: Path) -> 
     again = UserCanaries.load(tmp_path)
     assert again.included == canaries.included
     np.testing.assert_array_equal(again.direction(3)["a"], canaries.direction(3)["a"])
+
+
+def test_the_report_passes_an_honest_user_level_run_and_fails_it_without_noise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pollinate.audit.report import build_report
+
+    secure = {"dp": "user", "user-noise": 20.0, "noise-seed": None}
+    honest = build_report(run(tmp_path / "honest", **secure))
+    assert honest["verdict"] == "pass", honest["verdict_reason"]
+    assert honest["empirical"]["user"]["passed"] is True
+    monkeypatch.setattr(user_dp, "gaussian", lambda rng, shape, std: np.zeros(shape))
+    broken = build_report(run(tmp_path / "broken", **secure))
+    assert broken["verdict"] == "fail"
+    failed = [c["name"] for c in broken["checks"] if not c["passed"]]
+    assert failed == ["empirical audit: user"]

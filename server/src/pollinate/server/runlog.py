@@ -7,22 +7,54 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import RecordDict
 
 from pollinate.shared.wire import record_bytes
 
 
+def row_density(value: np.ndarray) -> float | None:
+    """Fraction of the rows of a 2-D array that hold any non-zero value (``None`` for
+    anything that is not a numeric 2-D array with rows: a malformed payload may decode to
+    something else).
+
+    An item table's update whose rows are mostly zero shows which items the device
+    trained on; noise (local DP) makes every row non-zero.
+    """
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "biufc":
+        return None
+    if value.ndim != 2 or value.shape[0] == 0:
+        return None
+    return float(np.count_nonzero(np.any(value != 0, axis=1)) / value.shape[0])
+
+
 def message_entry(
     round_: int, direction: str, node: int, kind: str, content: RecordDict
 ) -> dict[str, Any]:
-    """Describe one message from its actual content (not from what was intended)."""
+    """Describe one message from its actual content (not from what was intended).
+
+    For a training reply (``direction="up"``, ``kind="train"``) it also records, for each
+    2-D array, the fraction of rows with any non-zero value (``row_density``), decoded
+    from the payload: what an audit reads to see whether uploads reveal the items a
+    device touched. An array that does not decode is left out of ``row_density`` (the
+    server's own checks reject and log such a reply).
+    """
     arrays: dict[str, list[int]] = {}
+    density: dict[str, float] = {}
     for record in content.array_records.values():
         arrays.update({n: list(a.shape) for n, a in record.items()})
+        if direction == "up" and kind == "train":
+            for n, a in record.items():
+                try:
+                    share = row_density(a.numpy())
+                except Exception:  # a malformed payload: the server rejects it elsewhere
+                    continue
+                if share is not None:
+                    density[n] = share
     metrics: list[str] = []
     for mrec in content.metric_records.values():
         metrics.extend(sorted(mrec.keys()))
-    return {
+    entry: dict[str, Any] = {
         "round": round_,
         "direction": direction,
         "node": node,
@@ -32,6 +64,9 @@ def message_entry(
         "metrics": metrics,
         "bytes": record_bytes(content),
     }
+    if direction == "up" and kind == "train":
+        entry["row_density"] = density
+    return entry
 
 
 class JsonlWriter:

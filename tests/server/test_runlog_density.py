@@ -1,0 +1,43 @@
+"""The message log records, for each 2-D array of a training upload, the share of rows
+that the upload changed (``row_density``), decoded from the payload."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+
+from pollinate.server.runlog import message_entry, row_density
+from pollinate.shared.wire import METRICS_RECORD, UPDATE_RECORD, arrays_to_record
+
+
+def test_row_density_counts_rows_with_any_non_zero() -> None:
+    table = np.zeros((10, 3), dtype=np.float32)
+    table[2, 1] = 0.5
+    table[7] = -1.0
+    assert row_density(table) == 0.2
+    assert row_density(np.ones((4, 1))) == 1.0
+    assert row_density(np.zeros(5)) is None  # not 2-D
+    assert row_density(np.zeros((0, 3))) is None
+    assert row_density(np.array([["a", "b"]])) is None  # not numeric
+    assert row_density({"not": "an array"}) is None  # type: ignore[arg-type]
+
+
+def test_up_train_entry_carries_row_density_and_keeps_its_fields() -> None:
+    table = np.zeros((4, 2), dtype=np.float32)
+    table[0, 0] = 1.0
+    content = RecordDict(
+        {
+            UPDATE_RECORD: arrays_to_record({"item": table, "bias": np.ones((1, 1), np.float32)}),
+            METRICS_RECORD: MetricRecord({"num-examples": 3}),
+        }
+    )
+    up = message_entry(2, "up", 7, "train", content)
+    assert up["row_density"] == {"item": 0.25, "bias": 1.0}
+    assert up["arrays"] == {"item": [4, 2], "bias": [1, 1]}
+    assert {"round", "direction", "node", "kind", "records", "arrays", "metrics", "bytes"} <= set(
+        up
+    )
+    assert up["metrics"] == ["num-examples"] and up["round"] == 2 and up["node"] == 7
+    down = message_entry(2, "down", 7, "train", content)
+    assert "row_density" not in down
+    assert "row_density" not in message_entry(2, "up", 7, "evaluate", content)
