@@ -200,7 +200,7 @@ def _prepare(
     message: Message, context: Context, policy: DevicePolicy, *, evaluating: bool
 ) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
     config = dict(message.content.config_records[CONFIG_RECORD])
-    if policy.simulated:
+    if policy.simulated or "partition-id" in context.node_config:
         # A simulated device gets one core; thread pools would oversubscribe it.
         use_one_thread()
     device = simulated_device(config, context)
