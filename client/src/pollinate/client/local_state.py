@@ -145,12 +145,9 @@ class DiskStateStore:
             )
         if not self.ledger_path.exists():
             return []
+        self._drop_partial()
         text = self.ledger_path.read_bytes().decode("utf-8", errors="replace")
-        lines = text.split("\n")
-        committed, partial = lines[:-1], lines[-1]
-        if partial:
-            # An append that a crash cut short: that release never left the device.
-            self._drop_partial(len(text) - len(partial))
+        committed = text.split("\n")[:-1]
         events = []
         for n, line in enumerate(committed, start=1):
             if not line.strip():
@@ -165,9 +162,28 @@ class DiskStateStore:
                 ) from exc
         return events
 
-    def _drop_partial(self, keep_bytes: int) -> None:
+    def _drop_partial(self) -> None:
+        """Cut a last line that lacks its newline: an append a crash cut short, whose
+        release never left the device. Reads only the file's tail."""
+        if not self.ledger_path.exists():
+            return
         with self.ledger_path.open("r+b") as fh:
-            fh.truncate(keep_bytes)
+            size = fh.seek(0, 2)
+            if size == 0:
+                return
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            end = size  # find the last newline, reading backwards in blocks
+            while end > 0:
+                start = max(0, end - 4096)
+                fh.seek(start)
+                cut = fh.read(end - start).rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            fh.truncate(end)
             if self.durable:
                 os.fsync(fh.fileno())
 
@@ -175,7 +191,9 @@ class DiskStateStore:
         return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.events()]
 
     def charge(self, event: LedgerEvent) -> None:
-        self.events()  # refuses a damaged ledger, drops a partial last line
+        # The caller read (and so checked) the ledger with load_history this round; only a
+        # partial last line, left by a crash since, must go before the append.
+        self._drop_partial()
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.ledger_path.open("a") as fh:
             fh.write(event.to_json() + "\n")
