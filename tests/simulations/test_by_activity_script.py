@@ -1,4 +1,4 @@
-"""simulations/benchmarks/by_activity.py: per-device values grouped by training rows."""
+"""docs/experiments/scripts/by_activity.py: per-device values grouped by training rows."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/by_activity.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/by_activity.py"
 
 
 def test_groups_split_by_training_rows_with_paired_differences(load_benchmark: Any) -> None:

@@ -145,6 +145,7 @@ def test_the_saved_model_rescores_to_the_reported_metrics(tmp_path: Path) -> Non
     assert central.rescore_centralized(tmp_path, private_scale=0.0) != report["final"]
 
 
+@pytest.mark.slow
 def test_the_centralized_model_scores_the_same_through_the_devices(tmp_path: Path) -> None:
     """central_per_device.py evaluates the centralized model as federated devices do; it
     must get the centralized run's own test figures, or paired comparisons between the
@@ -163,7 +164,7 @@ def test_the_centralized_model_scores_the_same_through_the_devices(tmp_path: Pat
     fed = {"dataset": "synthetic", "task": "ranking", "model": "interest",
            "embedding-dim": 8, "history-len": 5}  # fmt: skip
     (run / "config.json").write_text(json.dumps(fed))
-    script = Path(__file__).resolve().parents[2] / "simulations/benchmarks/central_per_device.py"
+    script = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/central_per_device.py"
     done = subprocess.run(
         [sys.executable, str(script), str(central_out), str(run), "--per-device",
          str(tmp_path / "per.jsonl")],

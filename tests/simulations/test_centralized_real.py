@@ -8,16 +8,11 @@ import pytest
 
 from pollinate.simulations.centralized import make_config, run_centralized
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DATA = REPO_ROOT.parent / "shared" / "data"
-
 
 @pytest.mark.slow
-def test_mf_on_ml_100k_reaches_rmse_below_0_95() -> None:
-    if not (DATA / "ml-100k" / "u.data").is_file():
-        pytest.skip(f"ML-100K not found under {DATA} (CI has it beside the repo)")
+def test_mf_on_ml_100k_reaches_rmse_below_0_95(shared_data: Path) -> None:
     config = make_config(
-        dataset="ml-100k", data_dir=DATA, model="mf", task="rating", epochs=4, refit=False
+        dataset="ml-100k", data_dir=shared_data, model="mf", task="rating", epochs=4, refit=False
     )
     report = run_centralized(config, progress=False)
     assert report["final"]["rmse"] < 0.95, report["final"]

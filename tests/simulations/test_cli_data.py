@@ -2,12 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from pollinate.simulations.cli import app
-
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def test_data_info_on_the_synthetic_default() -> None:
@@ -16,9 +13,8 @@ def test_data_info_on_the_synthetic_default() -> None:
     assert "users" in result.output and "1,000" in result.output
 
 
-@pytest.mark.skipif(not (DATA / "ml-100k").is_dir(), reason="../shared/data/ml-100k is absent")
-def test_data_info_on_ml100k() -> None:
-    result = CliRunner().invoke(app, ["data", "info", "ml-100k", "--data-dir", str(DATA)])
+def test_data_info_on_ml100k(shared_data: Path) -> None:
+    result = CliRunner().invoke(app, ["data", "info", "ml-100k", "--data-dir", str(shared_data)])
     assert result.exit_code == 0, result.output
     for text in ("943", "1,682", "100,000", "1997-09-20"):
         assert text in result.output

@@ -179,7 +179,7 @@ def test_an_interest_run_with_dropout_resumes_to_the_same_result(tmp_path: Path)
 
 def test_local_adaptation_on_flower_is_reproduced_by_the_rescoring_script(tmp_path: Path) -> None:
     """Each device scores a locally adapted copy of the final model (``adapt-epochs``);
-    simulations/benchmarks/local_adaptation.py redoes that from the run directory and gets
+    docs/experiments/scripts/local_adaptation.py redoes that from the run directory and gets
     the run's figures exactly, and without adaptation the figures the model gives as is."""
     import subprocess
     import sys
@@ -192,7 +192,7 @@ def test_local_adaptation_on_flower_is_reproduced_by_the_rescoring_script(tmp_pa
         },
     )  # fmt: skip
     final = json.loads((run / "metrics.json").read_text())["final"]
-    script = Path(__file__).resolve().parents[2] / "simulations/benchmarks/local_adaptation.py"
+    script = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/local_adaptation.py"
 
     def rescore(*args: str) -> dict[str, Any]:
         done = subprocess.run(

@@ -1,4 +1,4 @@
-"""simulations/benchmarks/paired.py: the paired difference of two runs' per-device values."""
+"""docs/experiments/scripts/paired.py: the paired difference of two runs' per-device values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/paired.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/paired.py"
 
 
 def write(path: Path, values: list[float | None]) -> None:

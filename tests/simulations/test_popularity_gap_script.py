@@ -1,4 +1,4 @@
-"""simulations/benchmarks/popularity_gap.py: NDCG@10 by held-out item popularity."""
+"""docs/experiments/scripts/popularity_gap.py: NDCG@10 by held-out item popularity."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/popularity_gap.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/popularity_gap.py"
 
 
 def test_ndcg_of_a_single_held_out_item(load_benchmark: Any) -> None:

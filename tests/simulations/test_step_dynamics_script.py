@@ -1,4 +1,4 @@
-"""simulations/benchmarks/step_dynamics.py: how consecutive server steps line up."""
+"""docs/experiments/scripts/step_dynamics.py: how consecutive server steps line up."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/step_dynamics.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/step_dynamics.py"
 
 
 def _module():  # type: ignore[no-untyped-def]

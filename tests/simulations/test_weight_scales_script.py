@@ -1,4 +1,4 @@
-"""simulations/benchmarks/weight_scales.py: per-array sizes of two weight files."""
+"""docs/experiments/scripts/weight_scales.py: per-array sizes of two weight files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/weight_scales.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/weight_scales.py"
 
 
 def test_sizes_and_ratios_against_numpy(tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 #: that no file in the repository carries a licensed dataset's file name (the project's
 #: rule), and are copied under their real names into a temporary folder for the tests.
 FIXTURE_SOURCES = Path(__file__).resolve().parent / "fixtures"
-REAL_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -26,10 +25,9 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def real_data() -> Path:
-    if not (REAL_DATA / "SHA256SUMS").is_file():
-        pytest.skip(f"real datasets not found at {REAL_DATA} (CI has them beside the repo)")
-    return REAL_DATA
+def real_data(shared_data: Path) -> Path:
+    """``../shared/data`` (the root conftest's ``shared_data``: skipped when absent)."""
+    return shared_data
 
 
 @pytest.fixture(autouse=True)

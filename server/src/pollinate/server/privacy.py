@@ -33,6 +33,7 @@ from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
 from pollinate.shared.privacy.accounting import calibrate_user_noise, user_epsilon
 from pollinate.shared.privacy.ledger import LedgerError, LedgerEvent, read_ledger, recompute
+from pollinate.shared.progress import step
 
 USER_MECHANISM = "Poisson-sampled Gaussian sum of per-user clipped updates"
 
@@ -69,9 +70,14 @@ class UserPrivacy:
             z = cfg.user_noise
         else:
             assert cfg.user_epsilon is not None  # the config validator guarantees it
-            z = calibrate_user_noise(
-                cfg.user_epsilon, cfg.sample_rate, cfg.rounds, delta, cfg.user_accountant
-            )
+            with step(
+                f"calibrating user-level noise to ε = {cfg.user_epsilon:g} over {cfg.rounds} "
+                "rounds",
+                enabled=cfg.progress,
+            ):
+                z = calibrate_user_noise(
+                    cfg.user_epsilon, cfg.sample_rate, cfg.rounds, delta, cfg.user_accountant
+                )
         return cls(
             clip=cfg.user_clip,
             noise_multiplier=z,

@@ -70,14 +70,16 @@ def load_task(
     seed: int = 0,
     synthetic_users: int = 1000,
     synthetic_items: int = 500,
+    columns: str | None = None,
 ) -> TaskData:
-    """Load ``dataset`` and prepare it for ``task`` (the synthetic one seeded by ``seed``)."""
+    """Load ``dataset`` and prepare it for ``task`` (the synthetic one seeded by ``seed``;
+    your own file, a path, with the column mapping ``columns``)."""
     from pollinate.shared.data import load_dataset
 
     if dataset == "synthetic":
         data = load_dataset(dataset, n_users=synthetic_users, n_items=synthetic_items, seed=seed)
     else:
-        data = load_dataset(dataset, data_dir=data_dir)
+        data = load_dataset(dataset, data_dir=data_dir, columns=columns)
     return prepare_task(data, task, fold, seed)
 
 
@@ -91,4 +93,5 @@ def load_task_for(cfg: FederationConfig) -> TaskData:
         seed=cfg.seed,
         synthetic_users=cfg.synthetic_users,
         synthetic_items=cfg.synthetic_items,
+        columns=cfg.columns,
     )

@@ -33,6 +33,7 @@ from pollinate.shared.data.types import Interactions
 from pollinate.shared.environment import record_environment
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models import RecModel, build_model
+from pollinate.shared.progress import step
 from pollinate.shared.tasks import prepare_task
 from pollinate.shared.training import (
     RANKING_LOSSES,
@@ -182,7 +183,13 @@ class CentralizedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dataset: str
+    #: Your own file's column mapping (``user=COL,item=COL,...``; see FederationConfig).
+    columns: str | None = None
     data_dir: Path | None = None
+    #: ``synthetic`` only: its size (``None``: the generator's default, 1,000 x 500); set,
+    #: the data is generated from ``seed``, as a federated run's is (tasks.load_task).
+    synthetic_users: int | None = Field(None, ge=50)
+    synthetic_items: int | None = Field(None, ge=10)
     model: ModelName = "mf"
     task: Task = "rating"
     fold: int = Field(0, ge=0, le=4)
@@ -242,7 +249,14 @@ def make_config(**values: Any) -> CentralizedConfig:
 def load_data(config: CentralizedConfig) -> Interactions:
     from pollinate.shared.data import load_dataset
 
-    return load_dataset(config.dataset, config.data_dir)
+    if config.dataset == "synthetic" and (config.synthetic_users or config.synthetic_items):
+        return load_dataset(
+            "synthetic",
+            n_users=config.synthetic_users or 1000,
+            n_items=config.synthetic_items or 500,
+            seed=config.seed,
+        )
+    return load_dataset(config.dataset, config.data_dir, columns=config.columns)
 
 
 def _build(
@@ -415,7 +429,8 @@ def run_centralized(config: CentralizedConfig, progress: bool = True) -> dict[st
     for the best number of epochs, test, and write ``OUT/metrics.json``."""
     t0 = time.perf_counter()
     hp, source = config.hyper_params()
-    data = load_data(config)
+    with step(f"loading {config.dataset}", enabled=progress):
+        data = load_data(config)
     if config.task == "rating" and data.ratings is None:
         raise ConfigError(
             f"{config.dataset} has no ratings (implicit feedback); use --task ranking"

@@ -10,7 +10,9 @@ Datasets
 :data:`DATASETS` lists every name with its source, licence and citation:
 ``synthetic`` (the default, generated in memory), ``ml-100k``, ``ml-1m``,
 ``ml-latest-small``, ``ml-25m``, ``amazon-beauty`` and ``csv`` (your own CSV, TSV or
-Parquet file with a column mapping, see :func:`load_table`).
+Parquet file with a column mapping, see :func:`load_table`). Any other name that looks
+like a path is your own file: ``load_dataset("ratings.csv", columns="user=uid,item=sku")``,
+with the roles left out detected from the header (:mod:`~pollinate.shared.data.columns`).
 
 How a dataset resolves
 ----------------------
@@ -78,6 +80,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pollinate.shared.data.checksums import DOCUMENTED_COUNTS, KNOWN_SHA256, sha256_file
+    from pollinate.shared.data.columns import (
+        ColumnMapping,
+        detect_columns,
+        load_file,
+        parse_columns,
+        resolve_columns,
+    )
     from pollinate.shared.data.download import Transport, urllib_transport
     from pollinate.shared.data.info import dataset_info
     from pollinate.shared.data.loaders import (
@@ -96,6 +105,7 @@ if TYPE_CHECKING:
         default_cache_dir,
         download_dataset,
         find_dataset,
+        is_file_dataset,
         load_dataset,
         resolve_data_dir,
     )
@@ -113,6 +123,11 @@ _EXPORTS: dict[str, str] = {
     "DOCUMENTED_COUNTS": "checksums",
     "KNOWN_SHA256": "checksums",
     "sha256_file": "checksums",
+    "ColumnMapping": "columns",
+    "detect_columns": "columns",
+    "load_file": "columns",
+    "parse_columns": "columns",
+    "resolve_columns": "columns",
     "Transport": "download",
     "urllib_transport": "download",
     "dataset_info": "info",
@@ -131,6 +146,7 @@ _EXPORTS: dict[str, str] = {
     "default_cache_dir": "registry",
     "download_dataset": "registry",
     "find_dataset": "registry",
+    "is_file_dataset": "registry",
     "load_dataset": "registry",
     "resolve_data_dir": "registry",
     "Split": "splits",
@@ -154,6 +170,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "DOCUMENTED_COUNTS",
     "KNOWN_SHA256",
+    "ColumnMapping",
     "DatasetSpec",
     "DevicePartition",
     "DuplicatePolicy",
@@ -164,22 +181,27 @@ __all__ = [
     "UserRows",
     "dataset_info",
     "default_cache_dir",
+    "detect_columns",
     "download_dataset",
     "filter_min_interactions",
     "find_dataset",
     "generate_synthetic",
+    "is_file_dataset",
     "leave_last_out",
     "load_dataset",
+    "load_file",
     "load_movielens_1m",
     "load_movielens_100k",
     "load_movielens_csv",
     "load_s3rec",
     "load_synthetic",
     "load_table",
+    "parse_columns",
     "partition_by_user",
     "rating_fold",
     "rating_split",
     "remap_ids",
+    "resolve_columns",
     "resolve_data_dir",
     "sha256_file",
     "synthetic_truth",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pollinate.shared.data import loaders
 from pollinate.shared.data.checksums import DOCUMENTED_COUNTS, KNOWN_SHA256
+from pollinate.shared.data.columns import load_file, looks_like_path
 from pollinate.shared.data.download import (
     Transport,
     TransportError,
@@ -195,8 +196,14 @@ def get_spec(name: str) -> DatasetSpec:
         return DATASETS[name]
     except KeyError:
         raise ConfigError(
-            f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}"
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}, or the path "
+            "of your own .csv, .tsv or .parquet file"
         ) from None
+
+
+def is_file_dataset(name: str) -> bool:
+    """Whether ``name`` names your own file (a path) rather than a registry dataset."""
+    return name not in DATASETS and looks_like_path(name)
 
 
 def _complete(folder: Path, spec: DatasetSpec) -> bool:
@@ -306,9 +313,15 @@ def load_dataset(
     download: bool = True,
     transport: Transport | None = None,
     duplicates: DuplicatePolicy = "error",
+    columns: str | Mapping[str, str | None] | None = None,
     **options: Any,
 ) -> Interactions:
-    """Load dataset ``name`` (one of :data:`DATASETS`) as :class:`Interactions`.
+    """Load dataset ``name`` (one of :data:`DATASETS`, or a file path) as :class:`Interactions`.
+
+    A ``name`` that is not in the registry and looks like a path (a ``.csv``, ``.tsv``,
+    ``.tab``, ``.parquet`` or ``.pq`` suffix, or a ``/``) is your own file, read with the
+    column mapping ``columns`` (``"user=uid,item=sku"``; roles left out are detected from
+    the header, see :mod:`pollinate.shared.data.columns`).
 
     Folder datasets resolve as :func:`find_dataset` describes (and may download).
     ``verify`` checks SHA-256 (or documented counts) of the files; ``duplicates`` picks
@@ -316,8 +329,17 @@ def load_dataset(
     options (``n_users``, ``n_items``, ``n_factors``, ``mean_activity``, ``seed``, ...),
     for ``csv`` ``path`` and the column mapping of :func:`load_table`.
     """
-    spec = get_spec(name)
     check_duplicate_policy(duplicates)
+    if is_file_dataset(name):
+        if options:
+            raise ConfigError(f"your own file {name!r} takes no options, got {', '.join(options)}")
+        return load_file(name, columns, duplicates=duplicates)
+    if columns is not None:
+        raise ConfigError(
+            f"--columns maps the columns of your own file; {name!r} is a registry dataset "
+            "whose columns are known: leave --columns out"
+        )
+    spec = get_spec(name)
     if spec.kind == "generated":
         return spec.loader(**options)
     if spec.kind == "table":

@@ -15,9 +15,26 @@ from pollinate.simulations.cli import app
 @app.command("centralized")
 def centralized(
     dataset: Annotated[
-        str, typer.Option(help="synthetic, ml-100k, ml-latest-small or amazon-beauty")
+        str,
+        typer.Option(
+            help="synthetic, ml-100k, ml-latest-small, amazon-beauty, or the path of your "
+            "own .csv/.tsv/.parquet file"
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Output directory (metrics.json is written there)")],
+    columns: Annotated[
+        str | None,
+        typer.Option(
+            help="Your file's columns, user=COL,item=COL,rating=COL,timestamp=COL "
+            "(left out: detected from the header)"
+        ),
+    ] = None,
+    synthetic_users: Annotated[
+        int | None, typer.Option(help="Users of the synthetic dataset (default 1,000)")
+    ] = None,
+    synthetic_items: Annotated[
+        int | None, typer.Option(help="Items of the synthetic dataset (default 500)")
+    ] = None,
     model: Annotated[str, typer.Option(help="mf or interest")] = "mf",
     task: Annotated[str, typer.Option(help="rating or ranking")] = "rating",
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding the datasets")] = None,
@@ -60,6 +77,9 @@ def centralized(
     try:
         config = make_config(
             dataset=dataset,
+            columns=columns,
+            synthetic_users=synthetic_users,
+            synthetic_items=synthetic_items,
             data_dir=data_dir,
             model=model,
             task=task,

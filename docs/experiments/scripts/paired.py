@@ -1,7 +1,7 @@
 """Paired difference of one metric between two runs on the same users.
 
-    python simulations/benchmarks/paired.py A.jsonl B.jsonl [--metric ndcg@10]
-    python simulations/benchmarks/paired.py A_seed0.jsonl,A_seed1.jsonl B0.jsonl,B1.jsonl,B2.jsonl
+    python docs/experiments/scripts/paired.py A.jsonl B.jsonl [--metric ndcg@10]
+    python docs/experiments/scripts/paired.py A_seed0.jsonl,A_seed1.jsonl B0.jsonl,B1.jsonl,B2.jsonl
 
 A and B are per-device sums (``rescore_run.py --per-device`` or ``tune_inprocess.py
 --per-device``) of the same devices in the same order. It prints the mean of A − B over

@@ -1,6 +1,6 @@
 """Evaluate a centralized model through the federated devices, user by user.
 
-    python simulations/benchmarks/central_per_device.py CENTRAL_OUT RUN_DIR \
+    python docs/experiments/scripts/central_per_device.py CENTRAL_OUT RUN_DIR \
         [--part test] [--per-device FILE] [--private-scale S] [--adapt-epochs E --adapt-lr-scale S]
 
 ``CENTRAL_OUT`` is a ``pollinate centralized --out`` directory (``model.npz``); RUN_DIR

@@ -1,7 +1,7 @@
 """Which global arrays does the server over- or under-step? Read the iterates a run kept
 and measure, array by array, how consecutive server steps line up.
 
-    python simulations/benchmarks/step_dynamics.py RUN_DIR [--last 6] [--from-round 10]
+    python docs/experiments/scripts/step_dynamics.py RUN_DIR [--last 6] [--from-round 10]
 
 RUN_DIR is an ``iterate_average.py train`` directory (``rounds/round-R.npz``: the global
 parameters after every round). For each array it prints one JSON line with

@@ -1,6 +1,6 @@
 """Test a centralized run's saved model again, optionally without its private vectors.
 
-    python simulations/benchmarks/rescore_central.py OUT [--private-scale 1,0,0.5]
+    python docs/experiments/scripts/rescore_central.py OUT [--private-scale 1,0,0.5]
 
 ``OUT`` is a ``pollinate centralized --out`` directory (``metrics.json`` and
 ``model.npz``). For each scale the users' private vectors (``user_interest`` or

@@ -1,6 +1,6 @@
 """Score a finished run's final model again, with each device adapting it locally first.
 
-    python simulations/benchmarks/local_adaptation.py RUN_DIR --epochs E [--lr-scale S]
+    python docs/experiments/scripts/local_adaptation.py RUN_DIR --epochs E [--lr-scale S]
         [--part test] [--shard I/N] [--per-device FILE]
 
 What ``--adapt-epochs E --adapt-lr-scale S`` does in a run's evaluations

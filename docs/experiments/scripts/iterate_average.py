@@ -1,11 +1,11 @@
 """Does averaging the server's iterates help? Train in process, keep every round's model,
 then evaluate averages of the last rounds' global parameters.
 
-    python simulations/benchmarks/iterate_average.py train --out runs/avg/base \
+    python docs/experiments/scripts/iterate_average.py train --out runs/avg/base \
         --dataset ml-100k --task ranking --model interest --rounds 20 --sample-rate 1
-    python simulations/benchmarks/iterate_average.py score runs/avg/base --ema 0.5,0.8,0.9
+    python docs/experiments/scripts/iterate_average.py score runs/avg/base --ema 0.5,0.8,0.9
 
-``train`` runs :func:`pollinate.simulations.inprocess.run_inprocess` (any config key as
+``train`` runs :func:`pollinate.simulations.fast.run_fast` (any config key as
 ``--key value``) and writes ``OUT/rounds/round-R.npz`` (global parameters after round R)
 and ``OUT/private-R.npz`` (every device's private parameters after round R) for the
 rounds given by ``--keep-private-from``. ``score`` evaluates, on the validation and test
@@ -37,9 +37,10 @@ from pollinate.server.federation import build_run_model
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.tasks import catalog_of, load_task_for
 from pollinate.shared.threads import use_one_thread
-from pollinate.simulations.inprocess import parse_config_value, run_inprocess
+from pollinate.simulations.fast import run_fast
+from pollinate.simulations.fast.engine import parse_config_value
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 Arrays = dict[str, np.ndarray]
 
 
@@ -55,14 +56,30 @@ def train(args: argparse.Namespace, rest: list[str]) -> None:
     cfg = FederationConfig.from_mapping(values)
     (out / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2))
 
-    def keep(r: int, glob: Arrays, private: dict[int, Arrays]) -> None:
+    def keep(r: int, glob: Arrays) -> None:
         np.savez(out / "rounds" / f"round-{r}.npz", **glob)
-        if r >= args.keep_private_from or r == cfg.rounds:
-            flat = {f"{u}/{k}": a for u, state in private.items() for k, a in state.items()}
-            np.savez(out / f"private-{r}.npz", **flat)
 
-    result = run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True), on_round=keep)
-    print(json.dumps({"test": result.final, "test_se": result.final_se}), flush=True)
+    outcome = run_fast(cfg, on_round=keep, keep_private=True)
+    # Every device's private parameters after the last round: its saved state, or the
+    # seeded initial ones of a device that never trained (what the run evaluated).
+    from pollinate.client.app import fresh_private_state
+    from pollinate.client.device_data import DeviceIndex, with_validation_in_training
+    from pollinate.client.local_state import DiskStateStore
+
+    run_cfg = FederationConfig.from_mapping(json.loads((out / "config.json").read_text()))
+    index = DeviceIndex(load_task_for(run_cfg))
+    flat_cfg = run_cfg.to_flat()
+    private: dict[str, np.ndarray] = {}
+    for u in range(index.n_devices):
+        state = DiskStateStore(Path(str(run_cfg.device_state_dir)), f"device-{u}").load(2**31)
+        if state is None:
+            device = index.device(u)
+            if run_cfg.train_on_validation:
+                device = with_validation_in_training(device)
+            state = fresh_private_state(flat_cfg, device, u)
+        private.update({f"{u}/{k}": a for k, a in state.items()})
+    np.savez(out / f"private-{cfg.rounds}.npz", **private)
+    print(json.dumps({"test": outcome["final"], "test_se": outcome["final_se"]}), flush=True)
 
 
 def _load(path: Path) -> Arrays:

@@ -1,6 +1,6 @@
 """Side-by-side sizes of two models' parameters (RMS and largest magnitude per array).
 
-    python simulations/benchmarks/weight_scales.py A.npz B.npz
+    python docs/experiments/scripts/weight_scales.py A.npz B.npz
 
 A and B are weight files with the same array names: a federated run's
 ``global_params.npz`` and a centralized run's ``model.npz``, say (arrays only one of

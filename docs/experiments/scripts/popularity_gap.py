@@ -2,7 +2,7 @@
 model against a centralized one, user by user, grouped by how often the test item
 occurs in the training rows.
 
-    python simulations/benchmarks/popularity_gap.py RUN_DIR CENTRAL_OUT [--groups 4] \
+    python docs/experiments/scripts/popularity_gap.py RUN_DIR CENTRAL_OUT [--groups 4] \
         [--part test] [--ranks FILE]
 
 RUN_DIR is a federated run directory (final ``global_params.npz`` and device stores, as

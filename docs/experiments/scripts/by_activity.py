@@ -1,6 +1,6 @@
 """Per-device metric files, grouped by how much each user trained on (quartiles).
 
-    python simulations/benchmarks/by_activity.py CONFIG A.jsonl [B.jsonl ...] \
+    python docs/experiments/scripts/by_activity.py CONFIG A.jsonl [B.jsonl ...] \
         [--metric ndcg@10] [--groups 4]
 
 CONFIG is a run's ``config.json`` (it defines the devices and their training rows); each
