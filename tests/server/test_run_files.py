@@ -165,3 +165,15 @@ def test_a_local_dp_release_holds_only_the_noised_evaluations(tmp_path: Path) ->
     assert outcome["final"] == pytest.approx(FINAL)
     entries = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(e["rejected_reasons"] == {} for e in entries[1:])  # {"local-epsilon"} is exact
+
+
+def test_the_public_config_names_an_own_data_file_without_its_local_path() -> None:
+    from pollinate.server.federation import public_config
+    from pollinate.shared.config import FederationConfig
+
+    cfg = FederationConfig.from_mapping(
+        {"dataset": "/home/someone/private/ratings.csv", "columns": "user=u,item=i,rating=r"}
+    )
+    public = public_config(cfg)
+    assert public["dataset"] == "ratings.csv"
+    assert "/home/someone" not in str(public)

@@ -17,6 +17,7 @@ from pollinate.shared.data.partition import partition_by_user
 from pollinate.shared.data.splits import Split
 from pollinate.shared.data.types import Interactions
 from pollinate.shared.errors import ConfigError
+from pollinate.shared.privacy.interaction_canaries import InteractionCanaries, canary_rating
 from pollinate.shared.tasks import TaskData
 
 
@@ -82,3 +83,56 @@ def with_validation_in_training(device: DeviceData) -> DeviceData:
 def device_view(task_data: TaskData, user: int) -> DeviceData:
     """Device ``user`` of a whole dataset (builds a fresh index; cache a UserIndex instead)."""
     return DeviceIndex(task_data).device(user)
+
+
+def with_interaction_canaries(
+    device: DeviceData, canaries: InteractionCanaries, user: int
+) -> DeviceData:
+    """Device ``user`` with the audit's canary items in its catalogue and its canary rows
+    (each naming a canary item or the sink, by the secret coin) among its training rows.
+
+    Every device gets the extra items, so every model has the run's global shapes; only
+    the canaries' hosts get rows. A canary row has the top rating and the timestamp of
+    the device's last training row (it is a training row whatever the split).
+    """
+    data = device.data
+    if data.n_items != canaries.n_items:
+        raise ConfigError(
+            f"the interaction canaries were made for {canaries.n_items} items, the device's "
+            f"catalogue has {data.n_items}; the run's audit file does not fit its data"
+        )
+    rows = canaries.rows_of(user)
+    k = len(rows)
+    genres = data.item_genres
+    if genres is not None:
+        genres = np.concatenate(
+            [genres, np.zeros((canaries.extra_items, genres.shape[1]), genres.dtype)]
+        )
+    train_rows = device.split.train
+    stamp = None
+    if data.timestamps is not None:
+        stamp = (
+            data.timestamps[train_rows].max() if len(train_rows) else data.timestamps.min(initial=0)
+        )
+    extended = replace(
+        data,
+        users=np.concatenate([data.users, np.zeros(k, data.users.dtype)]),
+        items=np.concatenate([data.items, np.asarray(rows, dtype=data.items.dtype)]),
+        ratings=None
+        if data.ratings is None
+        else np.concatenate(
+            [data.ratings, np.full(k, canary_rating(data.rating_scale), data.ratings.dtype)]
+        ),
+        timestamps=None
+        if data.timestamps is None
+        else np.concatenate([data.timestamps, np.full(k, stamp, data.timestamps.dtype)]),
+        item_ids=np.concatenate([data.item_ids, np.asarray(canaries.item_ids(), dtype=object)]),
+        item_genres=genres,
+    )
+    n = data.n_interactions
+    split = Split(
+        train=np.concatenate([train_rows, np.arange(n, n + k, dtype=train_rows.dtype)]),
+        valid=device.split.valid,
+        test=device.split.test,
+    )
+    return DeviceData(extended, split, device.task)

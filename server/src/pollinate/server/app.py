@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -18,19 +19,37 @@ from pollinate.server.federation import Server, write_summary
 from pollinate.server.plots import plot_history
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.environment import record_environment
-from pollinate.shared.tasks import catalog_of, load_task_for
+from pollinate.shared.privacy.interaction_canaries import expected_canaries
+from pollinate.shared.tasks import Catalog, catalog_of, load_task_for
 
 app = ServerApp()
 
 RESUME_KEY = "resume"
 
 
+def with_canary_items(catalog: Catalog, cfg: FederationConfig) -> Catalog:
+    """The catalogue with the audit's interaction canaries' items (M canaries and a sink,
+    content-free), when the run has them: every device adds the same items."""
+    m, _ = expected_canaries(cfg.audit_canaries, cfg.dp)
+    if not m:
+        return catalog
+    genres = catalog.item_genres
+    if genres is not None:
+        genres = np.concatenate([genres, np.zeros((m + 1, genres.shape[1]), genres.dtype)])
+    return Catalog(catalog.n_items + m + 1, genres, catalog.rating_scale)
+
+
 def run_server(grid: Grid, cfg: FederationConfig, *, resume: bool = False) -> dict[str, Any]:
     """Run a whole federation on ``grid`` and write the run directory ``cfg.out``."""
     task_data = load_task_for(cfg)
     # The server keeps the item catalogue only; the rows stay with the devices.
-    catalog = catalog_of(task_data.data)
+    catalog = with_canary_items(catalog_of(task_data.data), cfg)
     n_devices = cfg.num_devices or task_data.data.n_users
+    if cfg.send_catalogue:
+        # Real devices know items by the app's ids: the catalogue goes with the model.
+        from pollinate.server.deploy.catalogue import with_catalogue
+
+        grid = with_catalogue(grid, task_data)
     del task_data
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)

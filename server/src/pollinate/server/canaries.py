@@ -54,9 +54,19 @@ class UserCanaries:
     included: tuple[bool, ...]
     clip: float
     spec: dict[str, tuple[tuple[int, ...], str]]
+    #: Item rows from this one on (the interaction canaries' items, when the run has them)
+    #: are left out of every direction, so that the two audits do not blur each other.
+    free_items_from: int | None = None
 
     @classmethod
-    def create(cls, m: int, spec: Spec, clip: float, coins: np.random.Generator) -> UserCanaries:
+    def create(
+        cls,
+        m: int,
+        spec: Spec,
+        clip: float,
+        coins: np.random.Generator,
+        free_items_from: int | None = None,
+    ) -> UserCanaries:
         """``m`` canaries, each included with probability 1/2 (``coins``: a secret generator)."""
         if m < 1:
             raise ConfigError(f"the number of canaries must be positive, got {m}")
@@ -67,7 +77,13 @@ class UserCanaries:
         shapes = {
             n: (tuple(int(d) for d in shape), str(dtype)) for n, (shape, dtype) in spec.items()
         }
-        return cls(key=key, included=included, clip=float(clip), spec=shapes)
+        return cls(
+            key=key,
+            included=included,
+            clip=float(clip),
+            spec=shapes,
+            free_items_from=free_items_from,
+        )
 
     @property
     def m(self) -> int:
@@ -79,6 +95,11 @@ class UserCanaries:
             raise IndexError(f"canary {k} of {self.m}")
         rng = seeded_generator(self.key, _DIRECTION_STREAM, k)
         parts = {n: rng.standard_normal(shape) for n, (shape, _) in self.spec.items()}
+        if self.free_items_from is not None:
+            n_items = max(shape[0] for shape, _ in self.spec.values() if shape)
+            for n, p in parts.items():
+                if "item" in n and p.ndim and p.shape[0] == n_items:
+                    p[self.free_items_from :] = 0.0
         norm = float(np.sqrt(sum(float(np.sum(p * p)) for p in parts.values())))
         return {n: p / norm for n, p in parts.items()}
 
@@ -117,9 +138,10 @@ class UserCanaries:
             "included": [int(b) for b in self.included],
             "clip": self.clip,
             "spec": {n: [list(shape), dtype] for n, (shape, dtype) in self.spec.items()},
+            "free_items_from": self.free_items_from,
         }
         atomic_write_bytes(run_dir / CANARY_FILE, json.dumps(record).encode())
-        np.savez(run_dir / INITIAL_FILE, **dict(initial))  # type: ignore[arg-type]
+        save_initial(run_dir, initial)
 
     @classmethod
     def load(cls, run_dir: Path) -> UserCanaries:
@@ -137,9 +159,17 @@ class UserCanaries:
                 included=tuple(bool(b) for b in raw["included"]),
                 clip=float(raw["clip"]),
                 spec=spec,
+                free_items_from=raw.get("free_items_from"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CanaryError(f"{path} is not a canary file ({exc})") from exc
+
+
+def save_initial(run_dir: Path, initial: Mapping[str, np.ndarray]) -> None:
+    """Keep the global parameters the run starts from (audit only: canaries are scored by
+    how far the released model moved from them)."""
+    (run_dir / INITIAL_FILE).parent.mkdir(parents=True, exist_ok=True)
+    np.savez(run_dir / INITIAL_FILE, **dict(initial))  # type: ignore[arg-type]
 
 
 def load_initial(run_dir: Path) -> Arrays:

@@ -30,8 +30,9 @@ from flwr.serverapp import Grid
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pollinate.server.aggregate import UpdateSum
+from pollinate.server.audit_material import HOLDOUT_FILE, Holdout, UploadProbe
 from pollinate.server.averaging import IterateAverage
-from pollinate.server.canaries import UserCanaries
+from pollinate.server.canaries import UserCanaries, save_initial
 from pollinate.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pollinate.server.evaluation import add_sums, finalize, standard_errors
 from pollinate.server.optimizers import ServerOptimizer, make_server_optimizer
@@ -42,6 +43,7 @@ from pollinate.server.user_dp import ClippedSum, noise_source
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
 from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.privacy.interaction_canaries import expected_canaries
 from pollinate.shared.privacy.ledger import LedgerWriter
 from pollinate.shared.privacy.randomness import SECURE_DESCRIPTION, checkpoint_state
 from pollinate.shared.tasks import Catalog
@@ -60,7 +62,7 @@ Arrays = dict[str, np.ndarray]
 
 #: Keys of the run config that devices need; everything else stays on the server.
 DEVICE_KEYS = (
-    "dataset", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
+    "dataset", "columns", "data-dir", "synthetic-users", "synthetic-items", "task", "fold", "model",
     "embedding-dim", "learn-global-mean", "history-len", "dropout", "local-epochs",
     "max-local-steps", "train-on-validation", "batch-size",
     "lr-global", "lr-local", "lr-encoder", "weight-decay", "loss", "negatives", "private-refit",
@@ -218,16 +220,33 @@ class Server:
         flat = cfg.to_flat()
         self.device_config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
         self.ledger_path = self.run_dir / "ledger.jsonl"
-        self.user_privacy = UserPrivacy.from_config(cfg, n_devices) if cfg.user_dp else None
+        # Users held out for the release-side membership attack (audit only); their coins
+        # come from the sampler, which is secret under DP.
+        self.holdout = (
+            Holdout.draw(cfg.audit_holdout, n_devices, self.rng) if cfg.audit_holdout else None
+        )
+        participants = n_devices - (len(self.holdout.users) if self.holdout else 0)
+        self.user_privacy = UserPrivacy.from_config(cfg, participants) if cfg.user_dp else None
         self.noise = noise_source(cfg.noise_seed, role="user-level noise")
         self.stopped_reason: str | None = None
         # Canary devices for the empirical audit; their coins come from the sampler, which
         # is secret under DP.
+        local_canaries, user_canaries = expected_canaries(cfg.audit_canaries, cfg.dp)
         self.canaries = (
-            UserCanaries.create(cfg.audit_canaries, self.spec, cfg.user_clip, self.rng)
-            if cfg.audit_canaries
+            UserCanaries.create(
+                user_canaries,
+                self.spec,
+                cfg.user_clip,
+                self.rng,
+                # The interaction canaries' items (and sink) are the catalogue's last rows.
+                free_items_from=catalog.n_items - local_canaries - 1 if local_canaries else None,
+            )
+            if user_canaries
             else None
         )
+        # The curious server's view of each device's first upload, kept for the audit.
+        self.probe = UploadProbe(catalog.n_items) if cfg.audit_canaries else None
+        self.device_keys: dict[int, int] = {}
 
     # -- persistence ---------------------------------------------------------------
     def resume(self) -> None:
@@ -236,6 +255,16 @@ class Server:
             raise FederationError("the checkpoint's parameters do not match this model")
         if self.canaries is not None:
             self.canaries = UserCanaries.load(self.run_dir)  # the same coins as before
+        if self.holdout is not None:
+            held = Holdout.load(self.run_dir)
+            if held is None:
+                raise FederationError(
+                    f"{self.run_dir / HOLDOUT_FILE} is missing: the run cannot be resumed with "
+                    "the same held-out users"
+                )
+            self.holdout = held
+        if self.probe is not None:
+            self.probe.load_existing(self.run_dir)
         self.params = ckpt.params
         self.optimizer.load_state_dict(ckpt.optimizer)
         if self.average is not None:
@@ -276,6 +305,8 @@ class Server:
             self.user_privacy.restore(self.ledger_path, ckpt.round)
 
     def checkpoint(self, round_: int) -> None:
+        if self.probe is not None:
+            self.probe.save(self.run_dir)
         save_checkpoint(
             self.run_dir,
             Checkpoint(
@@ -400,6 +431,10 @@ class Server:
                 continue
             weight = float(examples) if self.cfg.aggregation == "examples" else 1.0
             total.add(got.update, weight)
+            if self.probe is not None:
+                key = self.device_keys.get(reply.metadata.src_node_id)
+                if key is not None:
+                    self.probe.record(round_, key, got.update)
             result.aggregated += 1
             if "train-loss" in metrics:
                 result.losses.append(float(metrics["train-loss"]))
@@ -497,6 +532,14 @@ class Server:
                 f"(malformed replies by reason: {rejected}; refusals: {refused}); "
                 "check the SuperNodes' logs and messages.jsonl"
             )
+        self.device_keys = keys
+        if self.holdout is not None:
+            if any(not 0 <= k < self.n_devices for k in keys.values()):
+                raise FederationError(
+                    "--audit-holdout needs simulated devices (device keys 0..N-1); a "
+                    "deployment's devices cannot be held out by the server"
+                )
+            keys = {n: k for n, k in keys.items() if k not in self.holdout.users}
         return sorted(keys, key=keys.__getitem__)
 
     # -- the loop ------------------------------------------------------------------
@@ -516,6 +559,10 @@ class Server:
             self.ledger_path.rename(self.run_dir / f"ledger.before-{time.time_ns()}.jsonl")
         if keep is None and self.canaries is not None:
             self.canaries.save(self.run_dir, self.params)
+        if keep is None and cfg.audit_canaries:
+            save_initial(self.run_dir, self.params)
+        if keep is None and self.holdout is not None:
+            self.holdout.save(self.run_dir)
         msg_log = JsonlWriter(self.run_dir / "messages.jsonl", keep_through_round=keep)
         t_enroll = time.perf_counter()
         nodes = self.enroll(wait_for_nodes(self.grid, self.n_devices, cfg.wait_timeout), msg_log)
@@ -611,6 +658,8 @@ class Server:
         metrics_log.close()
         msg_log.close()
         np.savez(self.run_dir / "global_params.npz", **self.released())  # type: ignore[arg-type]
+        if self.probe is not None:
+            self.probe.save(self.run_dir)
         outcome: dict[str, Any] = {
             "final": final,
             "final_se": standard_errors(cfg.task, final_parts),
@@ -686,8 +735,13 @@ def write_summary(run_dir: Path, cfg: FederationConfig, outcome: dict[str, Any])
 
 
 def public_config(cfg: FederationConfig) -> dict[str, Any]:
-    """The run config without what stays with the operator (:data:`PRIVATE_CONFIG_KEYS`)."""
-    return {k: v for k, v in cfg.to_flat().items() if k not in PRIVATE_CONFIG_KEYS}
+    """The run config without what stays with the operator (:data:`PRIVATE_CONFIG_KEYS`);
+    the operator's own data file is named by its file name only, not its local path."""
+    out = {k: v for k, v in cfg.to_flat().items() if k not in PRIVATE_CONFIG_KEYS}
+    dataset = str(out.get("dataset", ""))
+    if "/" in dataset or "\\" in dataset:
+        out["dataset"] = Path(dataset).name
+    return out
 
 
 def release_metrics(cfg: FederationConfig, final_eval: EvaluationRound) -> dict[str, Any]:

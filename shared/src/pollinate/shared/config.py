@@ -8,6 +8,7 @@ of a run directory. Unknown keys are rejected with the list of known ones.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from pollinate.shared.data.columns import looks_like_path, parse_columns
 from pollinate.shared.errors import ConfigError
 
 ServerOpt = Literal["fedavg", "fedadam", "fedadagrad"]
@@ -100,7 +102,14 @@ class FederationConfig(BaseModel):
     )
 
     # Data
+    #: A registry name (``synthetic``, ``ml-100k``, ``ml-latest-small``, ``amazon-beauty``,
+    #: ...) or the path of your own CSV, TSV or Parquet file (made absolute, so that every
+    #: simulated device finds it).
     dataset: str = "synthetic"
+    #: Your own file's column mapping, ``user=COL,item=COL,rating=COL,timestamp=COL``
+    #: (in a run file also a table); roles left out are detected from the header by common
+    #: names, ``timestamp=`` (empty) says there is none. Only with a file ``dataset``.
+    columns: str | None = None
     data_dir: str | None = None
     synthetic_users: int = Field(1000, ge=50, le=1_000_000)
     synthetic_items: int = Field(500, ge=10)
@@ -197,6 +206,8 @@ class FederationConfig(BaseModel):
     eval_every: int = Field(5, ge=0)
     eval_sample_rate: float = Field(0.2, gt=0, le=1)
     num_devices: int | None = Field(None, ge=1)
+    #: Seconds the server waits for all devices to connect before round 1 (sampling
+    #: from a partial population would break the sampling rate the accountant assumes).
     wait_timeout: float = Field(120.0, gt=0)
     # Differential privacy (see ARCHITECTURE.md §3 and docs in pollinate.shared.privacy)
     dp: DPMode = "none"
@@ -228,14 +239,31 @@ class FederationConfig(BaseModel):
     #: Seed of the privacy noise, for reproducible simulations only. ``None`` (the
     #: default) draws noise from a secure source; the run report says which was used.
     noise_seed: int | None = None
-    #: User-level canaries for the empirical audit (``pollinate.server.canaries``): M
-    #: fake devices whose update is a random direction of norm ``user_clip``, each in the
-    #: run with probability 1/2 by a secret coin. 0: none. They change the model a little.
+    #: Canaries for the empirical audit, M of each kind the run's layers need, each in the
+    #: run by a secret coin: canary devices whose update is a random direction of norm
+    #: ``user_clip`` (user level, ``pollinate.server.canaries``) and canary interactions on
+    #: devices (interaction level, ``pollinate.shared.privacy.interaction_canaries``). They
+    #: also make the run keep what the membership attacks need. 0: none. They cost a little
+    #: utility.
     audit_canaries: int = Field(0, ge=0)
+    #: Share of the simulated users kept out of the run by a secret coin each, as the
+    #: non-members of the release-side membership attack (``pollinate audit``). 0: none.
+    audit_holdout: float = Field(0.0, ge=0, lt=1)
+    #: Send the item catalogue (ids, genres, popularity) with every train and evaluate
+    #: message (``pollinate.shared.wire.CATALOGUE_RECORD``), for real devices that train on
+    #: their own store and know items by the app's ids; ``pollinate server run`` turns it
+    #: on. Simulated devices read the dataset and need none.
+    send_catalogue: bool = False
     # Run
+    #: Seed of the splits, the initialisation and the device generators (public: it is in
+    #: ``config.json``, so it never drives privacy noise or sampling).
     seed: int = 0
+    #: The run directory (config.json, metrics, plots, ledger, checkpoints, release/).
     out: str = "runs/latest"
+    #: Where simulated devices keep their private state (default ``OUT/devices``), so that
+    #: an interrupted run resumes exactly.
     device_state_dir: str | None = None
+    #: Progress bars and set-up steps on stderr (``--no-progress`` for logs and CI).
     progress: bool = True
 
     @model_validator(mode="before")
@@ -257,6 +285,30 @@ class FederationConfig(BaseModel):
                 values[key] = value
         return values
 
+    @field_validator("dataset", mode="after")
+    @classmethod
+    def _absolute_file(cls, value: str) -> str:
+        """Your own file's path, made absolute: simulated devices may run elsewhere."""
+        if looks_like_path(value):
+            return str(Path(value).expanduser().resolve())
+        return value
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_text(cls, value: Any) -> Any:
+        """A run file's ``[columns]`` table becomes the ``--columns`` text; checked here."""
+        if value is None:
+            return None
+        if isinstance(value, Mapping):
+            value = ",".join(f"{k}={'' if v is None else v}" for k, v in value.items())
+        if not isinstance(value, str):
+            raise ValueError("columns is text like 'user=uid,item=sku' or a table of roles")
+        try:
+            parse_columns(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
     @field_validator("local_accountant", mode="before")
     @classmethod
     def _pld_only(cls, value: Any) -> Any:
@@ -269,6 +321,11 @@ class FederationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> FederationConfig:
+        if self.columns is not None and not looks_like_path(self.dataset):
+            raise ValueError(
+                f"--columns maps the columns of your own file, but --dataset {self.dataset!r} "
+                "is a registry dataset whose columns are known; leave --columns out"
+            )
         if self.model == "interest" and self.task == "rating":
             raise ValueError("the interest model ranks items; use --task ranking with it")
         if self.model == "interest" and self.local_dp:
@@ -361,11 +418,10 @@ class FederationConfig(BaseModel):
                 "accountant needs gigabytes and ε exceeds 100 within 20 steps (a device "
                 "would report ε = inf); use --local-noise 0.3 or more"
             )
-        if self.audit_canaries and self.dp == "local":
+        if self.audit_holdout and self.num_devices:
             raise ValueError(
-                "--audit-canaries adds canary devices to the server's aggregate, which audits "
-                "the user-level release; use it with --dp user, both or none (interaction-level "
-                "canaries are not built yet)"
+                "--audit-holdout holds out simulated users, one device each; it cannot be "
+                "combined with --num-devices"
             )
         if self.user_accountant == "pld" and self.user_noise is not None and self.user_noise < 0.3:
             raise ValueError(
@@ -409,3 +465,55 @@ class FederationConfig(BaseModel):
     def to_flat(self) -> dict[str, Any]:
         """The resolved config with dashed keys, as written to config.json."""
         return self.model_dump(by_alias=True)
+
+
+#: Tables a run file may hold besides its keys: ``[about]`` (free text: what the run is,
+#: what it measured; shown by ``pollinate recipes``, never validated) and ``[columns]``
+#: (your file's column mapping, the ``columns`` key as a table).
+RUN_FILE_TABLES = ("about", "columns")
+
+
+def read_run_file(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The keys and the ``[about]`` table of a TOML run file, keys checked by name.
+
+    A run file holds the keys of :class:`FederationConfig`, dashed as on the command line
+    (``sample-rate = 0.2``) or underscored; a ``pyproject.toml`` is read from its
+    ``[tool.flwr.app.config]``. Unknown keys are refused naming the file. The values are
+    validated when the run's config is built (:meth:`FederationConfig.from_mapping`).
+    """
+    import tomllib
+
+    path = Path(path).expanduser()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: run file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a valid TOML run file: {exc}") from None
+    if "tool" in raw:
+        try:
+            raw = dict(raw["tool"]["flwr"]["app"]["config"])
+        except (KeyError, TypeError):
+            raise ConfigError(
+                f"{path}: a pyproject.toml run file needs a [tool.flwr.app.config] table"
+            ) from None
+    about = raw.pop("about", {})
+    if not isinstance(about, Mapping):
+        raise ConfigError(f"{path}: [about] must be a table of text")
+    known = {_dash(n) for n in FederationConfig.model_fields}
+    inside = sorted(k for k in about if _dash(k) in known)
+    if inside:
+        raise ConfigError(
+            f"{path}: the keys {inside} are inside the [about] table, so they would be "
+            "ignored; in TOML every key after a [table] line belongs to it: put [about] last"
+        )
+    unknown = sorted(k for k in raw if _dash(k) not in known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown keys {unknown}; a run file takes the keys of pollinate simulate "
+            "(listed in docs/configuration.md) and the tables [about] and [columns]"
+        )
+    tables = sorted(k for k, v in raw.items() if isinstance(v, Mapping) and _dash(k) != "columns")
+    if tables:
+        raise ConfigError(f"{path}: {tables} must be single values, not tables")
+    return {_dash(k): v for k, v in raw.items()}, dict(about)

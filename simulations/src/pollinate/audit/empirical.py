@@ -23,6 +23,7 @@ import numpy as np
 
 from pollinate.audit.one_run import audit_canaries
 from pollinate.server.canaries import UserCanaries, load_initial
+from pollinate.shared.privacy.interaction_canaries import InteractionCanaries
 from pollinate.shared.privacy.ledger import read_ledger, recompute
 
 #: δ of the bound when the run claims none (a run without user-level DP).
@@ -63,4 +64,38 @@ def user_level_audit(run_dir: Path, *, beta: float = 0.05) -> dict[str, Any]:
         "method": "one-run audit (Steinke, Nasr and Jagielski 2023) with random-direction "
         "canary devices (Andrew et al. 2024), scored by the released model's movement along "
         "each canary's direction; Bonferroni over a pre-registered guess grid",
+    }
+
+
+def interaction_level_audit(
+    run_dir: Path, claimed: float | None, delta: float | None, *, beta: float = 0.05
+) -> dict[str, Any]:
+    """The ``empirical.local`` block: the run's interaction canaries, scored by how far
+    each canary item moved in the released model (see
+    :mod:`pollinate.shared.privacy.interaction_canaries`), against ``claimed`` (the
+    largest ε of any device, at ``delta``; None for a run without local DP)."""
+    canaries = InteractionCanaries.load(run_dir)
+    initial = load_initial(run_dir)
+    with np.load(run_dir / "global_params.npz") as saved:
+        released = {k: saved[k] for k in saved.files}
+    scores = canaries.scores(released, initial)
+    hosts, included = canaries.plan()
+    d = DEFAULT_DELTA if delta is None else float(delta)
+    result = audit_canaries(scores, included, delta=d, beta=beta)
+    return {
+        "canaries": canaries.m,
+        "included": int(included.sum()),
+        "host_devices": len(set(hosts.tolist())),
+        "epsilon_lower_bound": float(result.epsilon_lower_bound),
+        "confidence": float(result.confidence),
+        "delta": d,
+        "claimed_epsilon": claimed,
+        # Without a claim nothing is contradicted (as at the user level).
+        "passed": bool(claimed is None or result.epsilon_lower_bound <= claimed),
+        "guesses": asdict(result.best),
+        "method": "one-run audit (Steinke, Nasr and Jagielski 2023) with replace-one canary "
+        "interactions: each canary row names its own canary item or a shared sink by a secret "
+        "coin; scored by the released model's movement of the canary item (its bias, or its "
+        "embedding's norm); Bonferroni over a pre-registered guess grid; claimed ε is the "
+        "largest of any device",
     }

@@ -148,6 +148,57 @@ def _plots(report: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _roc_plots(report: Mapping[str, Any]) -> list[str]:
+    """Each attack's ROC on linear and log axes, with the baseline's and the curve that
+    the claimed (ε, δ) allows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    for threat, block in (report.get("membership_inference") or {}).items():
+        roc = block.get("roc")
+        if not roc:
+            continue
+        fpr, tpr = roc["fpr"], roc["tpr"]
+        for scale in ("linear", "log"):
+            fig, ax = plt.subplots(figsize=(4.6, 3.6))
+            ax.plot(fpr, tpr, label=f"attack (AUC {block['auc']:.3f})", drawstyle="steps-post")
+            base = block.get("baseline") or {}
+            if base.get("roc"):
+                ax.plot(
+                    base["roc"]["fpr"],
+                    base["roc"]["tpr"],
+                    linestyle="--",
+                    label=f"baseline, no DP (AUC {base['auc']:.3f})",
+                    drawstyle="steps-post",
+                )
+            if block.get("bound_tpr"):
+                c = block["claimed"]
+                ax.plot(fpr, block["bound_tpr"], color="black", linewidth=1,
+                        label=f"allowed by ε={c['epsilon']:.3g}, δ={c['delta']:.2g}")  # fmt: skip
+            ax.plot([1e-4, 1], [1e-4, 1], color="grey", linewidth=0.8, linestyle=":",
+                    label="chance")  # fmt: skip
+            if scale == "log":
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlim(1e-4, 1)
+                ax.set_ylim(1e-4, 1.05)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            ax.set_title(f"{threat} attack ({scale})")
+            ax.legend(fontsize=7, loc="lower right")
+            out.append(
+                _figure(
+                    _png(fig),
+                    f"ROC of the {threat} membership attack, {scale} scale",
+                    f"{threat} attack ROC ({scale} axes)",
+                )
+            )
+    return out
+
+
 def _headline(report: Mapping[str, Any]) -> str:
     verdict = str(report.get("verdict"))
     layers = report.get("layers") or {}
@@ -301,7 +352,8 @@ def render_html(report: Mapping[str, Any]) -> str:
         ),
     )
     empirical = _table(
-        ["layer", "canaries", "ε lower bound", "confidence", "claimed ε", "passed", "status"],
+        ["layer", "canaries", "ε lower bound", "confidence", "claimed ε", "passed",
+         "baseline bound (no DP)", "status"],
         (
             [
                 _e(n),
@@ -310,18 +362,30 @@ def render_html(report: Mapping[str, Any]) -> str:
                 _e(v["confidence"]),
                 _e(v["claimed_epsilon"]),
                 _e(v["passed"]),
+                _e((v.get("baseline") or {}).get("epsilon_lower_bound")),
                 _e(v["status"]),
             ]
             for n, v in (report.get("empirical") or {}).items()
         ),
-    )
+    )  # fmt: skip
     mia = _table(
-        ["threat model", "AUC", "TPR at 1% FPR", "status"],
+        ["threat model", "defended by", "AUC", "TPR at 1% FPR", "under the (ε, δ) curve",
+         "baseline AUC", "baseline TPR at 1% FPR", "status"],
         (
-            [_e(n), _e(v["auc"]), _e(v["tpr_at_1pct_fpr"]), _e(v["status"])]
+            [
+                _e(n),
+                _e(v.get("defended_by")),
+                _e(v["auc"]),
+                _e(v["tpr_at_1pct_fpr"]),
+                _e(v.get("under_bound")),
+                _e((v.get("baseline") or {}).get("auc")),
+                _e((v.get("baseline") or {}).get("tpr_at_1pct_fpr")),
+                _e(v["status"]) + (f"<br><em>{_e(v['note'])}</em>" if v.get("note") else ""),
+            ]
             for n, v in (report.get("membership_inference") or {}).items()
         ),
-    )
+    )  # fmt: skip
+    mia_plots = "".join(_roc_plots(report))
     leak = report.get("leakage") or {}
     leak_rows = _table(
         ["array", "rows", "uploads", "row density min / median / max", "mean", "sparse uploads"],
@@ -356,6 +420,21 @@ def render_html(report: Mapping[str, Any]) -> str:
     trust = report.get("trust_model") or {}
     utility = report.get("utility") or {}
     sign = report.get("sign_off") or {}
+    seg = (utility.get("segments") or {}).get("segments") or {}
+    segments = _table(
+        ["segment", "devices", "training rows", "test metrics"],
+        (
+            [_e(n), _e(v["devices"]), _e(v.get("training_rows")), _e(v["metrics"])]
+            for n, v in seg.items()
+        ),
+    )
+    refs = _table(
+        ["reference", "run", "final test metrics"],
+        (
+            [_e(n), _e(v.get("dir")), _e(v.get("final"))]
+            for n, v in (utility.get("baselines") or {}).items()
+        ),
+    )
 
     def items(values: Iterable[object]) -> str:
         return "<ul>" + "".join(f"<li>{_e(v)}</li>" for v in values) + "</ul>"
@@ -411,9 +490,14 @@ def render_html(report: Mapping[str, Any]) -> str:
 {empirical}
 <h2>Membership inference</h2>
 {mia}
+{mia_plots}
 <h2>Utility</h2>
 <p>Final: {_e(utility.get("final"))} (standard errors {_e(utility.get("final_se"))}).</p>
 <p class="muted">Source: {_e(utility.get("final_source"))}. {_e(utility.get("status"))}</p>
+<p>By user activity (DP costs light users most):</p>
+{segments}
+<p>References:</p>
+{refs}
 <h2>Limitations</h2>
 {items(report.get("limitations") or [])}
 <h2>Sign-off</h2>

@@ -44,9 +44,11 @@ import dp_accounting
 import numpy as np
 from dp_accounting import pld, rdp
 
-from pollinate.audit.empirical import user_level_audit
+from pollinate.audit.empirical import interaction_level_audit, user_level_audit
 from pollinate.audit.errors import AuditError
+from pollinate.server.audit_material import HOLDOUT_FILE, UPLOADS_FILE
 from pollinate.server.canaries import CANARY_FILE
+from pollinate.shared.privacy.interaction_canaries import FILE as INTERACTION_FILE
 
 __all__ = [
     "RECOMPUTE_TOLERANCE",
@@ -81,9 +83,12 @@ FALLBACK_LOCAL_PREFIXES = ("user_",)
 
 _EMPIRICAL_NOT_RUN = {
     "user": "not run: the run has no canaries (run pollinate simulate with --audit-canaries M)",
-    "local": "not run: interaction-level canaries are not built yet",
+    "local": "not run: the run has no canaries (run pollinate simulate with --audit-canaries M)",
 }
-_MIA_NOT_RUN = "not run: the membership-inference attacks are not built yet"
+_MIA_NOT_RUN = (
+    "not run: the run kept no attack material (make it with --audit-canaries M, and "
+    "--audit-holdout F for the release attack)"
+)
 _KIND_ORDER = {"train": 0, "evaluate": 1}
 _LAYERS = ("local", "user")
 
@@ -959,16 +964,35 @@ def _trust_model(dp: str, privacy: Mapping[str, Any], noise_detail: str) -> dict
     }
 
 
-def _utility(metrics: Mapping[str, Any]) -> dict[str, Any]:
+def _utility(
+    run_dir: Path, metrics: Mapping[str, Any], references: Mapping[str, Path | None]
+) -> dict[str, Any]:
+    from pollinate.audit.utility import reference_figures, segment_utility
+
+    baselines: dict[str, Any] = {}
+    for name, path in references.items():
+        if path is not None:
+            baselines[name] = reference_figures(Path(path))
+    segments = segment_utility(run_dir)
+    plain = baselines.get("without_canaries")
+    if plain and plain.get("final"):
+        # The canaries' cost: this run's figure minus the same run's without canaries.
+        final = metrics.get("final") or {}
+        plain["canary_cost"] = {
+            k: float(final[k]) - float(v)
+            for k, v in plain["final"].items()
+            if isinstance(final.get(k), int | float) and isinstance(v, int | float)
+        }
     return {
         "final": metrics.get("final") or {},
         "final_se": metrics.get("final_se") or {},
         "final_source": metrics.get("final_source"),
         "task": metrics.get("task"),
-        "baselines": None,
-        "segments": None,
-        "status": "run figures from metrics.json; reference runs and utility by user "
-        "activity segment are not built yet",
+        "baselines": baselines or None,
+        "segments": segments,
+        "status": "run figures from metrics.json; references from the runs given to "
+        "pollinate audit (--baseline, --centralized, --without-canaries); segments from the "
+        "simulation oracle" + ("" if segments.get("segments") else f" ({segments.get('status')})"),
     }
 
 
@@ -976,9 +1000,11 @@ def _limitations(dp: str, leakage: Mapping[str, Any]) -> list[str]:
     out = []
     if dp != "none":
         out.append(
-            "The empirical audit tests the user level only, with canary devices "
-            "(--audit-canaries); interaction-level canaries are not built yet, so a run with "
-            "local DP cannot pass this report. A run without canaries cannot pass either."
+            "The empirical audit needs canaries (--audit-canaries): canary devices for the "
+            "user level, canary interactions for the local level, scored from the released "
+            "model only. A run without them cannot pass this report. The canaries' scores "
+            "use the final model, not every upload, so the bound is weaker than one an "
+            "attacker on each upload could reach; it can only show a leak, never prove none."
         )
         out.append(
             "Recomputation checks the arithmetic of the ledger, not that the mechanism used "
@@ -1002,21 +1028,89 @@ def _limitations(dp: str, leakage: Mapping[str, Any]) -> list[str]:
         )
     if leakage.get("sparse_uploads"):
         out.append("Sparse uploads show the server which items a device touched (see leakage).")
-    out.append("Membership-inference attacks are not run (no AUC or TPR figures).")
+    out.append(
+        "The membership attacks are two concrete attacks (a curious server on one upload, "
+        "and a fold-in attack on the released model), not the strongest possible: an AUC "
+        "near 0.5 says these attacks fail, not that every attack does. They need the "
+        "simulation's data to label their guesses, so a deployment cannot run them."
+    )
     out.append(
         "The sampling test checks the logged cohort sizes against Binomial(N, q); it cannot "
         "show that the sampler was secret, and it fails one honest run in "
         f"{round(1 / SAMPLING_ALPHA)}."
     )
-    out.append("Utility by user activity segment and reference runs are not reported yet.")
     return out
 
 
-def build_report(run_dir: Path, *, opacus_cross_check: bool = True) -> dict[str, Any]:
+def _empirical_status(found: Mapping[str, Any], level: str) -> str:
+    if found["claimed_epsilon"] is None:
+        return f"run: no {level} ε is claimed (the bound shows what the run leaks)"
+    if found["passed"]:
+        return "run: the lower bound does not exceed the claimed ε"
+    return "run: the lower bound EXCEEDS the claimed ε: the run leaks more than it claims"
+
+
+def _baseline_empirical(baseline: Path) -> dict[str, Any]:
+    """The canary bounds of a baseline run (no claim: they show what it leaks)."""
+    out: dict[str, Any] = {}
+    if (baseline / CANARY_FILE).exists():
+        found = user_level_audit(baseline)
+        out["user"] = {k: found[k] for k in ("canaries", "epsilon_lower_bound", "confidence")}
+    if (baseline / INTERACTION_FILE).exists():
+        found = interaction_level_audit(baseline, None, None)
+        out["local"] = {k: found[k] for k in ("canaries", "epsilon_lower_bound", "confidence")}
+    return out
+
+
+def _membership(
+    run_dir: Path, layers: Mapping[str, Any], baseline: Path | None
+) -> dict[str, dict[str, Any]]:
+    """Both attacks on the run (and on ``baseline``), each against the layer meant to
+    defeat it: local DP for the curious server, user-level DP for the release."""
+
+    def claim(name: str) -> tuple[float, float] | None:
+        layer = layers.get(name) or {}
+        eps, delta = layer.get("epsilon_recomputed"), layer.get("delta")
+        return None if eps is None or delta is None else (float(eps), float(delta))
+
+    if not ((run_dir / UPLOADS_FILE).exists() or (run_dir / HOLDOUT_FILE).exists()):
+        return {t: {"auc": None, "tpr_at_1pct_fpr": None, "baseline": None,
+                    "status": _MIA_NOT_RUN} for t in ("server", "release")}  # fmt: skip
+    from pollinate.audit.membership import membership_blocks
+
+    blocks = membership_blocks(run_dir, {"server": claim("local"), "release": claim("user")})
+    base = membership_blocks(baseline, {}) if baseline is not None else {}
+    for threat, block in blocks.items():
+        other = base.get(threat)
+        block["baseline"] = (
+            None
+            if other is None or other.get("auc") is None
+            else {k: other[k] for k in ("auc", "tpr_at_1pct_fpr", "roc", "status")}
+        )
+        block["defended_by"] = {"server": "local", "release": "user"}[threat]
+        if threat == "server" and "local" not in layers and "user" in layers:
+            block["note"] = (
+                "user-level DP trusts the server: it sees each device's raw update, and this "
+                "attack on it is not meant to fail (only local DP defends against it)"
+            )
+    return blocks
+
+
+def build_report(
+    run_dir: Path,
+    *,
+    opacus_cross_check: bool = True,
+    baseline: Path | None = None,
+    centralized: Path | None = None,
+    without_canaries: Path | None = None,
+) -> dict[str, Any]:
     """The audit report of the run directory ``run_dir`` (a dict that follows the schema).
 
     ``opacus_cross_check`` adds Opacus's RDP ε of the user layer beside the recomputation
-    (it imports torch; informational only).
+    (it imports torch; informational only). ``baseline`` is a run without DP made with
+    the same canaries (its attack and canary figures go beside this run's),
+    ``centralized`` a ``pollinate centralized`` output folder, ``without_canaries`` the
+    same run made without canaries (the canaries' cost to utility).
 
     Raises :class:`~pollinate.audit.errors.AuditError` when ``run_dir`` lacks
     ``config.json`` or ``metrics.json``.
@@ -1205,17 +1299,16 @@ def build_report(run_dir: Path, *, opacus_cross_check: bool = True) -> dict[str,
     }
     if (run_dir / CANARY_FILE).exists():
         found = user_level_audit(run_dir)
-        empirical["user"] = {
-            **found,
-            "status": "run: "
-            + (
-                "the lower bound does not exceed the claimed ε"
-                if found["passed"]
-                else "the lower bound EXCEEDS the claimed ε: the run leaks more than it claims"
-            )
-            if found["claimed_epsilon"] is not None
-            else "run: no user-level ε is claimed (the bound shows what the run leaks)",
-        }
+        empirical["user"] = {**found, "status": _empirical_status(found, "user")}
+    if (run_dir / INTERACTION_FILE).exists():
+        local = layers.get("local") or {}
+        found = interaction_level_audit(
+            run_dir, local.get("epsilon_recomputed"), local.get("delta")
+        )
+        empirical["local"] = {**found, "status": _empirical_status(found, "interaction-level")}
+    baseline_empirical = _baseline_empirical(baseline) if baseline is not None else None
+    for name, block in empirical.items():
+        block["baseline"] = (baseline_empirical or {}).get(name)
     for name in layers:
         audit = empirical[name]
         if audit["passed"] is None:
@@ -1231,15 +1324,19 @@ def build_report(run_dir: Path, *, opacus_cross_check: bool = True) -> dict[str,
                 )
             )
 
-    membership = {
-        threat: {
-            "auc": None,
-            "tpr_at_1pct_fpr": None,
-            "baseline": None,
-            "status": _MIA_NOT_RUN,
-        }
-        for threat in ("server", "release")
-    }
+    membership = _membership(run_dir, layers, baseline)
+    for threat, block in membership.items():
+        if block.get("under_bound") is not None:
+            checks.append(
+                _check(
+                    f"membership attack under the trade-off curve: {threat}",
+                    bool(block["under_bound"]),
+                    f"AUC {block['auc']:.4f}, TPR at 1% FPR {block['tpr_at_1pct_fpr']:.4f}; "
+                    f"the ROC {'stays under' if block['under_bound'] else 'CROSSES'} the "
+                    f"curve that (ε = {block['claimed']['epsilon']:.4g}, δ = "
+                    f"{block['claimed']['delta']:.3g}) allows",
+                )
+            )
     leakage = _leakage(messages, dp)
 
     if dp == "none":
@@ -1287,20 +1384,36 @@ def build_report(run_dir: Path, *, opacus_cross_check: bool = True) -> dict[str,
         "scope": _scope(dp, privacy),
         "trust_model": _trust_model(dp, privacy, noise_detail),
         "limitations": _limitations(dp, leakage),
-        "utility": _utility(metrics),
+        "utility": _utility(
+            run_dir,
+            metrics,
+            {
+                "baseline": baseline,
+                "centralized": centralized,
+                "without_canaries": without_canaries,
+            },
+        ),
         "sign_off": {"name": None, "role": None, "date": None, "decision": None, "notes": None},
     }
 
 
-def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[Path, Path]:
+def write_report(
+    run_dir: Path, out_dir: Path | None = None, **references: Path | None
+) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` for ``run_dir`` into ``out_dir``
-    (default ``run_dir/audit``); returns their paths."""
+    (default ``run_dir/report``, apart from the audit-only secrets in ``run_dir/audit``);
+    returns their paths."""
     from pollinate.audit.html import render_html
 
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "audit"
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(run_dir)
+    report = build_report(
+        run_dir,
+        baseline=references.get("baseline"),
+        centralized=references.get("centralized"),
+        without_canaries=references.get("without_canaries"),
+    )
     json_path = out / "report.json"
     html_path = out / "report.html"
     json_path.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n")

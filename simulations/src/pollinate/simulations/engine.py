@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,10 @@ from flwr.app import Context, RecordDict
 
 from pollinate.client.policy import NODE_CONFIG_KEY, DevicePolicy
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.privacy.interaction_canaries import FILE as CANARY_FILE
+from pollinate.shared.privacy.interaction_canaries import NODE_CONFIG_KEY as CANARY_NODE_KEY
+from pollinate.shared.privacy.interaction_canaries import InteractionCanaries, expected_canaries
+from pollinate.shared.progress import step
 from pollinate.shared.tasks import load_task_for
 
 #: Ray resources per virtual device. Flower's default (2 CPUs) runs one device at a
@@ -51,6 +56,23 @@ def simulation_policy(cfg: FederationConfig) -> DevicePolicy:
         noise_seed=cfg.noise_seed,
         run_ledger=str((Path(cfg.out) / "ledger.jsonl").resolve()),
     )
+
+
+def simulation_node_config(
+    cfg: FederationConfig, n_devices: int, *, resume: bool = False
+) -> dict[str, str]:
+    """The node config of every virtual device: its policy and, for an audited run, the
+    audit's interaction canaries (written here, by the experimenter, before the run; a
+    resumed run keeps its own)."""
+    config = {NODE_CONFIG_KEY: simulation_policy(cfg).to_json()}
+    m, _ = expected_canaries(cfg.audit_canaries, cfg.dp)
+    if m:
+        path = Path(cfg.out) / CANARY_FILE
+        if not (resume and path.exists()):
+            n_items = load_task_for(cfg).data.n_items
+            InteractionCanaries.create(m, n_devices, n_items).save(Path(cfg.out))
+        config[CANARY_NODE_KEY] = str(path.resolve())
+    return config
 
 
 def count_devices(cfg: FederationConfig) -> int:
@@ -90,8 +112,9 @@ def run_federation(
     from pollinate.simulations import flower_patches
 
     flower_patches.install()
-    flower_patches.set_node_config({NODE_CONFIG_KEY: simulation_policy(cfg).to_json()})
-    n_devices = count_devices(cfg)
+    with step(f"loading {cfg.dataset}", enabled=cfg.progress):
+        n_devices = count_devices(cfg)
+    flower_patches.set_node_config(simulation_node_config(cfg, n_devices, resume=resume))
     run_config: dict[str, Any] = {k: v for k, v in cfg.to_flat().items() if v is not None}
     run_config[RESUME_KEY] = resume
     server_context = Context(
@@ -100,6 +123,13 @@ def run_federation(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if cfg.progress:
+        print(
+            f"starting Ray with {n_devices:,} virtual devices (workers load the data once "
+            "each; the rounds' progress follows)…",
+            file=sys.stderr,
+            flush=True,
+        )
     _run_simulation(
         num_supernodes=n_devices,
         exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,

@@ -22,11 +22,17 @@ import numpy as np
 import torch
 
 from pollinate.client.app import fresh_model, private_refit
-from pollinate.client.device_data import DeviceIndex
+from pollinate.client.device_data import (
+    DeviceData,
+    DeviceIndex,
+    with_interaction_canaries,
+    with_validation_in_training,
+)
 from pollinate.client.evaluation import evaluate_device
 from pollinate.client.local_state import DiskStateStore
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.errors import PollinateError
+from pollinate.shared.privacy.interaction_canaries import InteractionCanaries, expected_canaries
 from pollinate.shared.tasks import load_task_for
 from pollinate.shared.threads import use_one_thread
 
@@ -37,10 +43,39 @@ ORACLE_SOURCE = (
 )
 
 
+def run_devices(run: Path, cfg: FederationConfig, n_devices: int) -> list[int]:
+    """The devices that took part in ``run``: all but the audit's held-out users."""
+    from pollinate.server.audit_material import Holdout
+
+    held = Holdout.load(run)
+    n = cfg.num_devices or n_devices
+    return [u for u in range(n) if held is None or u not in held.users]
+
+
+def run_device(run: Path, cfg: FederationConfig, index: DeviceIndex, u: int) -> DeviceData:
+    """Device ``u`` of ``run`` as it trained: with the audit's interaction canaries, if
+    the run had them, and its validation rows among its training rows under
+    ``train-on-validation``."""
+    device = index.device(u)
+    m, _ = expected_canaries(cfg.audit_canaries, cfg.dp)
+    if m:
+        device = with_interaction_canaries(device, InteractionCanaries.load(run), u)
+    return with_validation_in_training(device) if cfg.train_on_validation else device
+
+
 def oracle_parts(
     run: Path, part: str = "test", private_scale: float = 1.0
 ) -> tuple[FederationConfig, list[dict[str, float]]]:
-    """Every device's metric sums of ``part`` for the run directory ``run``.
+    """Every device's metric sums of ``part`` (see :func:`oracle_device_parts`)."""
+    cfg, parts = oracle_device_parts(run, part, private_scale)
+    return cfg, [sums for _, sums in parts]
+
+
+def oracle_device_parts(
+    run: Path, part: str = "test", private_scale: float = 1.0
+) -> tuple[FederationConfig, list[tuple[int, dict[str, float]]]]:
+    """Every device's number of training rows and metric sums of ``part`` for the run
+    directory ``run``.
 
     ``private_scale`` multiplies each device's private vector first (0 measures what the
     global parameters carry alone); it is refused for runs that refit the private
@@ -60,9 +95,9 @@ def oracle_parts(
             f"{run}: this run refits the private parameters before it evaluates, which "
             "would undo the private scale; leave it at 1"
         )
-    parts: list[dict[str, float]] = []
-    for u in range(index.n_devices):
-        device = index.device(u)
+    parts: list[tuple[int, dict[str, float]]] = []
+    for u in run_devices(run, cfg, index.n_devices):
+        device = run_device(run, cfg, index, u)
         model = fresh_model(flat, device, u)
         model.load_global_state(glob)
         private = DiskStateStore(Path(cfg.device_state_dir), f"device-{u}").load(2**31)
@@ -73,7 +108,8 @@ def oracle_parts(
             for k, p in params.items():
                 if k.startswith(model.LOCAL_PREFIXES[0]):
                     p.mul_(private_scale)
-        parts.append(evaluate_device(model, device, part, private_refit=refit))
+        sums = evaluate_device(model, device, part, private_refit=refit)
+        parts.append((len(device.split.train), sums))
     return cfg, parts
 
 

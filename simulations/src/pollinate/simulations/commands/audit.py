@@ -2,7 +2,8 @@
 
 - ``pollinate audit RUN_DIR [--out DIR] [--sign-key KEY]``: reads a run directory and writes
   ``DIR/report.json``, ``DIR/report.html`` and, with a key, ``DIR/report.dsse.json``
-  (default ``DIR``: ``RUN_DIR/audit``); it exits 0 when the report's verdict is ``pass``,
+  (default ``DIR``: ``RUN_DIR/report``; ``RUN_DIR/audit`` holds the audit-only secrets);
+  it exits 0 when the report's verdict is ``pass``,
   1 for ``fail`` and 3 for ``not-private``, so that a pipeline can gate on it;
 - ``pollinate audit keygen --out DIR``: an Ed25519 key pair, ``DIR/audit.key`` (mode 0600,
   never overwritten) and ``DIR/audit.pub``;
@@ -52,11 +53,30 @@ VERDICT_EXIT = {"pass": 0, "fail": 1, "not-private": 3}
 def report(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of pollinate simulate")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for the report (default RUN_DIR/audit)")
+        Path | None, typer.Option("--out", help="Folder for the report (default RUN_DIR/report)")
     ] = None,
     sign_key: Annotated[
         Path | None,
         typer.Option("--sign-key", help="audit.key: also sign the report (report.dsse.json)"),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="A run without DP made with the same canaries: its attack and canary "
+            "figures go beside this run's",
+        ),
+    ] = None,
+    centralized: Annotated[
+        Path | None,
+        typer.Option("--centralized", help="A pollinate centralized output folder (reference)"),
+    ] = None,
+    without_canaries: Annotated[
+        Path | None,
+        typer.Option(
+            "--without-canaries",
+            help="The same run made without canaries: the canaries' cost to utility",
+        ),
     ] = None,
 ) -> None:
     """Audit RUN_DIR: recompute every guarantee, run the empirical audit when the run has
@@ -66,9 +86,15 @@ def report(
     from pollinate.audit.signing import ENVELOPE_NAME, sign, write_envelope
     from pollinate.shared.errors import PollinateError
 
-    out_dir = out if out is not None else run_dir / "audit"
+    out_dir = out if out is not None else run_dir / "report"
     try:
-        json_path, html_path = write_report(run_dir, out_dir)
+        json_path, html_path = write_report(
+            run_dir,
+            out_dir,
+            baseline=baseline,
+            centralized=centralized,
+            without_canaries=without_canaries,
+        )
         data = json.loads(json_path.read_text())
         if sign_key is not None:
             # The signed files are copied beside the report, so that verify finds each by
