@@ -100,3 +100,19 @@ def test_holdout_is_a_secret_share_and_refuses_degenerate_draws() -> None:
     assert 150 < len(held.users) < 250
     with pytest.raises(Exception, match="non-members"):
         Holdout.draw(0.01, 3, np.random.default_rng(0))
+
+
+def test_the_auditor_can_point_the_run_at_its_data_elsewhere(tmp_path: Path) -> None:
+    import json
+
+    from pollinate.shared.errors import PollinateError
+    from pollinate.simulations.oracle import run_config
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"dataset": "/gone/ratings.csv", "columns": "user=u,item=i,rating=r"})
+    )
+    moved = run_config(tmp_path, {"dataset": str(tmp_path / "ratings.csv"), "data-dir": None})
+    assert moved.dataset == str(tmp_path / "ratings.csv")
+    assert run_config(tmp_path).dataset == "/gone/ratings.csv"
+    with pytest.raises(PollinateError, match="data-location"):
+        run_config(tmp_path, {"dp": "none"})

@@ -35,7 +35,7 @@ from scipy.stats import rankdata
 from pollinate.client.device_data import DeviceIndex, with_validation_in_training
 from pollinate.server.audit_material import Holdout, load_uploads
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.oracle import run_device, run_devices
+from pollinate.simulations.oracle import run_config, run_device, run_devices
 
 #: The FPR grid on which ROC curves are stored (log-spaced, then linear to 1).
 CURVE_FPR = np.unique(np.concatenate([np.logspace(-4, 0, 41), np.linspace(0.05, 1, 20)]))
@@ -230,15 +230,14 @@ def release_attack_scores(
 def membership_blocks(
     run_dir: Path,
     claimed: Mapping[str, tuple[float, float] | None],
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The ``membership_inference`` blocks of ``run_dir`` (``server`` and ``release``),
     each with a ``status``; ``claimed`` maps each threat to the (ε, δ) that is meant to
     bound it (None: no layer of the run covers it)."""
-    import json
-
     from pollinate.shared.tasks import load_task_for
 
-    cfg = FederationConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
+    cfg = run_config(run_dir, data)
     index = DeviceIndex(load_task_for(cfg))
     out: dict[str, dict[str, Any]] = {}
     try:

@@ -965,7 +965,10 @@ def _trust_model(dp: str, privacy: Mapping[str, Any], noise_detail: str) -> dict
 
 
 def _utility(
-    run_dir: Path, metrics: Mapping[str, Any], references: Mapping[str, Path | None]
+    run_dir: Path,
+    metrics: Mapping[str, Any],
+    references: Mapping[str, Path | None],
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     from pollinate.audit.utility import reference_figures, segment_utility
 
@@ -973,7 +976,7 @@ def _utility(
     for name, path in references.items():
         if path is not None:
             baselines[name] = reference_figures(Path(path))
-    segments = segment_utility(run_dir)
+    segments = segment_utility(run_dir, data)
     plain = baselines.get("without_canaries")
     if plain and plain.get("final"):
         # The canaries' cost: this run's figure minus the same run's without canaries.
@@ -1063,7 +1066,10 @@ def _baseline_empirical(baseline: Path) -> dict[str, Any]:
 
 
 def _membership(
-    run_dir: Path, layers: Mapping[str, Any], baseline: Path | None
+    run_dir: Path,
+    layers: Mapping[str, Any],
+    baseline: Path | None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Both attacks on the run (and on ``baseline``), each against the layer meant to
     defeat it: local DP for the curious server, user-level DP for the release."""
@@ -1078,8 +1084,8 @@ def _membership(
                     "status": _MIA_NOT_RUN} for t in ("server", "release")}  # fmt: skip
     from pollinate.audit.membership import membership_blocks
 
-    blocks = membership_blocks(run_dir, {"server": claim("local"), "release": claim("user")})
-    base = membership_blocks(baseline, {}) if baseline is not None else {}
+    blocks = membership_blocks(run_dir, {"server": claim("local"), "release": claim("user")}, data)
+    base = membership_blocks(baseline, {}, data) if baseline is not None else {}
     for threat, block in blocks.items():
         other = base.get(threat)
         block["baseline"] = (
@@ -1103,6 +1109,7 @@ def build_report(
     baseline: Path | None = None,
     centralized: Path | None = None,
     without_canaries: Path | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The audit report of the run directory ``run_dir`` (a dict that follows the schema).
 
@@ -1110,7 +1117,9 @@ def build_report(
     (it imports torch; informational only). ``baseline`` is a run without DP made with
     the same canaries (its attack and canary figures go beside this run's),
     ``centralized`` a ``pollinate centralized`` output folder, ``without_canaries`` the
-    same run made without canaries (the canaries' cost to utility).
+    same run made without canaries (the canaries' cost to utility). ``data`` points the
+    attacks and the oracle at the run's data where ``config.json`` no longer finds it
+    (``dataset``, ``columns``, ``data-dir``).
 
     Raises :class:`~pollinate.audit.errors.AuditError` when ``run_dir`` lacks
     ``config.json`` or ``metrics.json``.
@@ -1324,7 +1333,7 @@ def build_report(
                 )
             )
 
-    membership = _membership(run_dir, layers, baseline)
+    membership = _membership(run_dir, layers, baseline, data)
     for threat, block in membership.items():
         if block.get("under_bound") is not None:
             checks.append(
@@ -1392,13 +1401,17 @@ def build_report(
                 "centralized": centralized,
                 "without_canaries": without_canaries,
             },
+            data,
         ),
         "sign_off": {"name": None, "role": None, "date": None, "decision": None, "notes": None},
     }
 
 
 def write_report(
-    run_dir: Path, out_dir: Path | None = None, **references: Path | None
+    run_dir: Path,
+    out_dir: Path | None = None,
+    data: Mapping[str, Any] | None = None,
+    **references: Path | None,
 ) -> tuple[Path, Path]:
     """Write ``report.json`` and ``report.html`` for ``run_dir`` into ``out_dir``
     (default ``run_dir/report``, apart from the audit-only secrets in ``run_dir/audit``);
@@ -1413,6 +1426,7 @@ def write_report(
         baseline=references.get("baseline"),
         centralized=references.get("centralized"),
         without_canaries=references.get("without_canaries"),
+        data=data,
     )
     json_path = out / "report.json"
     html_path = out / "report.html"

@@ -11,6 +11,7 @@ a non-private federated baseline, a centralized reference, the same run without 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,14 @@ import numpy as np
 SEGMENTS = ("light", "median", "heavy")
 
 
-def segment_utility(run_dir: Path) -> dict[str, Any]:
+def segment_utility(run_dir: Path, data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Test figures per activity third, with their boundaries and device counts."""
     from pollinate.server.evaluation import add_sums, finalize
     from pollinate.shared.errors import PollinateError
     from pollinate.simulations.oracle import oracle_device_parts
 
     try:
-        cfg, parts = oracle_device_parts(run_dir, "test")
+        cfg, parts = oracle_device_parts(run_dir, "test", data=data)
     except (PollinateError, OSError, ValueError, KeyError) as exc:
         return {"segments": None, "status": f"not computed: {exc}"}
     activity = np.array([n for n, _ in parts], np.float64)

@@ -16,7 +16,9 @@ no such oracle; ``metrics.json`` names the source of its figures (``final_source
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +65,23 @@ def run_device(run: Path, cfg: FederationConfig, index: DeviceIndex, u: int) -> 
     return with_validation_in_training(device) if cfg.train_on_validation else device
 
 
+#: Config keys that say where a run's data is, which an auditor may point elsewhere (the
+#: same file moved, or another copy of the dataset).
+DATA_KEYS = ("dataset", "columns", "data-dir")
+
+
+def run_config(run: Path, data: Mapping[str, Any] | None = None) -> FederationConfig:
+    """The config of ``run`` (its ``config.json``), with its data location replaced by
+    ``data`` (keys of :data:`DATA_KEYS`) when given."""
+    raw = json.loads((run / "config.json").read_text())
+    for key, value in (data or {}).items():
+        if key not in DATA_KEYS:
+            raise PollinateError(f"{key!r} is not a data-location key ({', '.join(DATA_KEYS)})")
+        if value is not None:
+            raw[key] = value
+    return FederationConfig.from_mapping(raw)
+
+
 def oracle_parts(
     run: Path, part: str = "test", private_scale: float = 1.0
 ) -> tuple[FederationConfig, list[dict[str, float]]]:
@@ -72,7 +91,10 @@ def oracle_parts(
 
 
 def oracle_device_parts(
-    run: Path, part: str = "test", private_scale: float = 1.0
+    run: Path,
+    part: str = "test",
+    private_scale: float = 1.0,
+    data: Mapping[str, Any] | None = None,
 ) -> tuple[FederationConfig, list[tuple[int, dict[str, float]]]]:
     """Every device's number of training rows and metric sums of ``part`` for the run
     directory ``run``.
@@ -81,7 +103,7 @@ def oracle_device_parts(
     global parameters carry alone); it is refused for runs that refit the private
     parameters before evaluating, which would undo it.
     """
-    cfg = FederationConfig.from_mapping(json.loads((run / "config.json").read_text()))
+    cfg = run_config(run, data)
     if cfg.device_state_dir is None:
         raise PollinateError(f"{run}: config.json names no device-state-dir; nothing to load")
     use_one_thread()

@@ -78,6 +78,21 @@ def report(
             help="The same run made without canaries: the canaries' cost to utility",
         ),
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Where the run's data is now, if not where config.json says (a registry "
+            "name or your own .csv/.tsv/.parquet file); the attacks and the utility use it",
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="Your file's columns: user=COL,item=COL,rating=COL,..."),
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Folder of the registry datasets")
+    ] = None,
 ) -> None:
     """Audit RUN_DIR: recompute every guarantee, run the empirical audit when the run has
     canaries, and write report.json, report.html (and report.dsse.json with a key)."""
@@ -94,6 +109,7 @@ def report(
             baseline=baseline,
             centralized=centralized,
             without_canaries=without_canaries,
+            data={"dataset": dataset, "columns": columns, "data-dir": data_dir},
         )
         data = json.loads(json_path.read_text())
         if sign_key is not None:
