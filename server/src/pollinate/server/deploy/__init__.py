@@ -1,0 +1,1 @@
+"""Deploying Pollinate: certificates, the SuperLink, registration and runs (Flower 1.41)."""
