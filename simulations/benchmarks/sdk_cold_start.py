@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 from pollinate.client.recommend import recommend
 from pollinate.client.store import Event, GlobalModel
 from pollinate.shared.data import load_dataset

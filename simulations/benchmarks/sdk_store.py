@@ -68,7 +68,7 @@ def sealed(root: Path, n: int) -> dict[str, Any]:
     assert len(events) == n
     rng = np.random.default_rng(0)
     q = rng.normal(size=(10_000, 64)).astype(np.float32)
-    from pollinate.client.catalogue import Catalogue
+    from pollinate.shared.catalogue import Catalogue
 
     cat = Catalogue(item_ids=np.array([f"tt{i:07d}" for i in range(10_000)]))
     out["save_model_ms"], _ = _timed(lambda: store.save_global(1, {"q": q}, cat, {"model": "mf"}))

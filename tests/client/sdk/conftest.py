@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 from pollinate.client.keys import new_key
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 from pollinate.client.recommend import (
     ColdStartScorer,
     MFScorer,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 from pollinate.client.keys import (
     KdfParams,
     StoreError,

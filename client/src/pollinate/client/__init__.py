@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pollinate.client.catalogue import Catalogue
     from pollinate.client.device import Device, PrivacyReport
     from pollinate.client.keys import StoreError, StoreKeyError
     from pollinate.client.policy import DevicePolicy
     from pollinate.client.recommend import Because, Recommendation
     from pollinate.client.store import StoreIntegrityError
+    from pollinate.shared.catalogue import Catalogue
 
 __all__ = [
     "Because",
@@ -31,7 +31,7 @@ __all__ = [
 
 _WHERE = {
     "Because": "pollinate.client.recommend",
-    "Catalogue": "pollinate.client.catalogue",
+    "Catalogue": "pollinate.shared.catalogue",
     "Device": "pollinate.client.device",
     "DevicePolicy": "pollinate.client.policy",
     "PrivacyReport": "pollinate.client.device",

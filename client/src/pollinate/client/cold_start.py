@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 
 #: Weight of the genre affinity against popularity: on ML-100K users with 1 to 3 known
 #: interactions, 0.1 is within noise of most-popular and larger weights are worse

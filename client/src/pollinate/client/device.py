@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.client.catalogue import Catalogue, known_events
+from pollinate.client.events import known_events
 from pollinate.client.keys import StoreError, key_from_file, key_from_keyring
 from pollinate.client.policy import DevicePolicy
 from pollinate.client.recommend import Recommendation, recommend
 from pollinate.client.store import EncryptedStore, Event, GlobalModel, validate_event
+from pollinate.shared.catalogue import Catalogue
 
 EXPORT_FORMAT = "pollinate-device-export/1"
 

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 WARM_MODULES = (
     "pollinate.client.app",
     "pollinate.client.store",
-    "pollinate.client.catalogue",
+    "pollinate.shared.catalogue",
     "pollinate.client.keys",
     "pollinate.client.dp_training",
     "pollinate.shared.privacy.accounting",

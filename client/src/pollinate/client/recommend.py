@@ -24,15 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.client.catalogue import Catalogue, known_events
 from pollinate.client.cold_start import (
     GENRE_WEIGHT,
     content_scores,
     diversify,
     popularity_scores,
 )
+from pollinate.client.events import known_events
 from pollinate.client.explain import fold_in, mf_contributions, rescored_contributions
 from pollinate.client.store import Event, GlobalModel
+from pollinate.shared.catalogue import Catalogue
 from pollinate.shared.errors import ConfigError
 
 #: Fewer known liked events than this and the device uses content + popularity: on

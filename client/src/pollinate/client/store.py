@@ -46,7 +46,6 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.client.catalogue import Catalogue
 from pollinate.client.keys import (
     KdfParams,
     StoreError,
@@ -55,6 +54,7 @@ from pollinate.client.keys import (
     key_from_passphrase,
 )
 from pollinate.client.policy import DevicePolicy
+from pollinate.shared.catalogue import Catalogue
 
 FORMAT = "pollinate-store/1"
 #: The kinds of event an app may record.
@@ -596,8 +596,8 @@ class EncryptedStore:
 
     def device_data(self, catalogue: Catalogue, task: str) -> Any:
         """The device's :class:`~pollinate.client.device_data.DeviceData` over
-        ``catalogue`` (see :func:`pollinate.client.catalogue.device_data_of`)."""
-        from pollinate.client.catalogue import device_data_of
+        ``catalogue`` (see :func:`pollinate.client.events.device_data_of`)."""
+        from pollinate.client.events import device_data_of
 
         return device_data_of(self.events(), catalogue, task, user_id=str(self.device_key()))
 

@@ -25,7 +25,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
-from pollinate.client.catalogue import Catalogue
+from pollinate.shared.catalogue import Catalogue
 from pollinate.shared.tasks import TaskData
 from pollinate.shared.wire import CATALOGUE_RECORD, arrays_to_record
 
