@@ -1,12 +1,13 @@
-"""Federated training without Flower, for tuning: the same device and server code, one loop.
+"""Federated training for tuning, on the fast engine: the device and server code of a
+Flower round, shards of devices in Ray workers (replaces ``tune_inprocess.py``).
 
-    python simulations/benchmarks/tune_inprocess.py --dataset ml-100k --rounds 60 \
+    python simulations/benchmarks/fast_tune.py --dataset ml-100k --rounds 60 \
         --set lr-local=0.005 --set server-lr=0.3 ...
 
-It runs :func:`pollinate.simulations.inprocess.run_inprocess`: exactly what a Flower
-round calls, DP included, without messaging. Evaluation during training is on the
-validation rows of every device; the last line adds the test metrics. Use it to choose
-settings on validation data; measure the chosen ones with ``pollinate simulate``.
+Evaluation during training is on validation rows (``--log-every N`` rounds, all devices:
+``eval-sample-rate`` 1); the last line adds the test metrics. Choose settings on
+validation data; the run directory (``--out``, default ``runs/fast/PID``) is a complete
+``pollinate simulate --engine fast`` run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.inprocess import parse_config_value, run_inprocess
+from pollinate.simulations.fast import run_fast
+from pollinate.simulations.fast.engine import parse_config_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,12 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config key")
     parser.add_argument("--log-every", type=int, default=5, help="evaluate every N rounds")
-    parser.add_argument("--per-device", help="write each device's final test sums here (JSONL)")
+    parser.add_argument("--workers", type=int, help="shards (default: one per CPU)")
     args, rest = parser.parse_known_args()
     values: dict[str, Any] = {
         "progress": False,
         "eval-every": args.log_every,
-        "out": f"runs/inprocess/{os.getpid()}",
+        "eval-sample-rate": 1.0,
+        "out": f"runs/fast/{os.getpid()}",
     }
     it = iter(rest)
     for flag in it:
@@ -44,13 +47,11 @@ def main() -> None:
         values.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     cfg = FederationConfig.from_mapping(values)
     print(json.dumps({k: v for k, v in values.items() if k != "progress"}), flush=True)
-    result = run_inprocess(cfg, log=lambda e: print(json.dumps(e), flush=True))
-    last = {"test": result.final, "test_se": result.final_se, "seconds": round(result.seconds, 1)}
-    print(json.dumps(last), flush=True)
-    if args.per_device:
-        with open(args.per_device, "w") as f:
-            for u, part in enumerate(result.final_parts):
-                f.write(json.dumps({"device": u, **part}) + "\n")
+    outcome = run_fast(cfg, workers=args.workers)
+    for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines():
+        print(line, flush=True)
+    summary = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    print(json.dumps({"test": summary["final"], "test_se": outcome.get("final_se")}), flush=True)
 
 
 if __name__ == "__main__":

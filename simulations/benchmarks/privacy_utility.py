@@ -7,8 +7,8 @@
     # draw every sweep of OUT.jsonl into OUT.png
     python simulations/benchmarks/privacy_utility.py plot
 
-Each run is :func:`pollinate.simulations.inprocess.run_inprocess` (the device and server
-code of a Flower round, DP included, without messaging; see its docstring). ``inf`` is
+Each run is :func:`pollinate.simulations.fast.run_fast` (the device and server code of a
+Flower round on the fast engine; ``pollinate sweep`` does the same in one command). ``inf`` is
 the same configuration without the DP layer. For the user layer, ``--epsilons`` are
 targets for the planned rounds (``--user-epsilon``, z calibrated with dp-accounting); for
 the local layer, lifetime targets of every device (``--local-epsilon``, z calibrated per
@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.inprocess import parse_config_value, run_inprocess
+from pollinate.simulations.fast import run_fast
+from pollinate.simulations.fast.engine import parse_config_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,8 +56,9 @@ def run_sweep(args: argparse.Namespace) -> None:
             values[f"{args.layer}-epsilon"] = target
         cfg = FederationConfig.from_mapping(values)
         t0 = time.perf_counter()
-        result = run_inprocess(cfg, log=progress)
-        privacy = result.privacy.get(args.layer, {})
+        run_fast(cfg)
+        summary = json.loads((Path(cfg.out) / "metrics.json").read_text())
+        privacy = summary["privacy"].get(args.layer, {})
         eps = privacy.get("epsilon_max" if args.layer == "local" else "epsilon", math.inf)
         row = {
             "name": args.name,
@@ -64,8 +66,8 @@ def run_sweep(args: argparse.Namespace) -> None:
             "target_epsilon": text,
             "epsilon": eps if math.isfinite(target) else None,
             "delta": privacy.get("delta"),
-            "final": result.final,
-            "privacy": result.privacy,
+            "final": summary["final"],
+            "privacy": summary["privacy"],
             "seconds": round(time.perf_counter() - t0, 1),
             "date": time.strftime("%Y-%m-%d"),
             "config": {k: v for k, v in values.items() if k not in ("progress", "data-dir")},

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pollinate.shared.config import FederationConfig
 from pollinate.simulations.engine import DEFAULT_CPUS_PER_DEVICE, run_federation
-from pollinate.simulations.inprocess import parse_config_value
+from pollinate.simulations.fast.engine import parse_config_value
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -1,4 +1,4 @@
-"""simulations/benchmarks/iterate_average.py: its offline average must score exactly what
+"""docs/experiments/scripts/iterate_average.py: its offline average must score exactly what
 a run trained with ``server-ema`` releases."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.inprocess import run_inprocess
+from pollinate.simulations.fast import run_fast
 
-SCRIPT = Path(__file__).resolve().parents[2] / "simulations/benchmarks/iterate_average.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs/experiments/scripts/iterate_average.py"
 CONFIG = {
     "dataset": "synthetic",
     "synthetic-users": 60,
@@ -26,6 +26,8 @@ CONFIG = {
 }
 
 
+@pytest.mark.ray
+@pytest.mark.timeout(600)
 def test_the_scored_average_is_the_released_model_of_a_server_ema_run(tmp_path: Path) -> None:
     flags = [str(a) for k, v in CONFIG.items() for a in (f"--{k}", v)]
     subprocess.run(
@@ -43,15 +45,12 @@ def test_the_scored_average_is_the_released_model_of_a_server_ema_run(tmp_path: 
     )  # fmt: skip
     rows = {r["model"]: r for r in map(json.loads, done.stdout.splitlines())}
     cfg = {**CONFIG, "progress": False, "eval-every": 0}
-    plain = run_inprocess(
-        FederationConfig.from_mapping({**cfg, "out": str(tmp_path / "plain")}), write_ledger=False
+    plain = run_fast(FederationConfig.from_mapping({**cfg, "out": str(tmp_path / "plain")}))
+    ema = run_fast(
+        FederationConfig.from_mapping({**cfg, "server-ema": 0.6, "out": str(tmp_path / "ema")})
     )
-    ema = run_inprocess(
-        FederationConfig.from_mapping({**cfg, "server-ema": 0.6, "out": str(tmp_path / "ema")}),
-        write_ledger=False,
-    )
-    assert rows["last"]["test"] == pytest.approx(plain.final, rel=1e-9)
-    assert rows["ema0.6"]["test"] == pytest.approx(ema.final, rel=1e-9)
+    assert rows["last"]["test"] == pytest.approx(plain["final"], rel=1e-9)
+    assert rows["ema0.6"]["test"] == pytest.approx(ema["final"], rel=1e-9)
     assert rows["ema0.6"]["test"] != rows["last"]["test"]
     per_device = (tmp_path / "dev-ema0.6.jsonl").read_text().splitlines()
     assert len(per_device) == CONFIG["synthetic-users"]

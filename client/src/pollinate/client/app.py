@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from pollinate.client.adaptation import LocalAdaptation, adapt_locally
-from pollinate.client.device_data import DeviceData, DeviceIndex, with_validation_in_training
+from pollinate.client.device_data import (
+    DeviceData,
+    DeviceIndex,
+    with_interaction_canaries,
+    with_validation_in_training,
+)
 from pollinate.client.dp_training import (
     LocalDPConfig,
     default_local_delta,
@@ -34,6 +40,7 @@ from pollinate.client.dp_training import (
     train_device_dp,
 )
 from pollinate.client.evaluation import evaluate_device
+from pollinate.client.join import STORE_NODE_KEY, store_key
 from pollinate.client.local_state import (
     ContextStateStore,
     DiskStateStore,
@@ -42,9 +49,17 @@ from pollinate.client.local_state import (
 )
 from pollinate.client.policy import DevicePolicy, policy_from_node_config, weakening
 from pollinate.client.private_evaluation import noised_sums
-from pollinate.client.training import LocalTrainConfig, check_finite, train_device
+from pollinate.client.training import (
+    LocalTrainConfig,
+    check_finite,
+    layout,
+    seeded_cpu_rng,
+    train_device,
+)
 from pollinate.shared.errors import ConfigError
 from pollinate.shared.models.base import RecModel, build_model
+from pollinate.shared.privacy.interaction_canaries import NODE_CONFIG_KEY as CANARY_NODE_KEY
+from pollinate.shared.privacy.interaction_canaries import InteractionCanaries
 from pollinate.shared.privacy.ledger import LedgerEvent, LedgerWriter, local_event
 from pollinate.shared.privacy.randomness import (
     STREAM_DEVICE,
@@ -55,15 +70,19 @@ from pollinate.shared.privacy.randomness import (
 from pollinate.shared.tasks import load_task
 from pollinate.shared.threads import use_one_thread
 from pollinate.shared.wire import (
+    CATALOGUE_RECORD,
     CONFIG_RECORD,
     GLOBAL_RECORD,
     METRICS_RECORD,
+    REFUSAL_CODES,
+    REFUSAL_KEY,
     UPDATE_RECORD,
+    ParamSpec,
     arrays_to_record,
     check_outgoing,
+    check_reply,
     integer,
     record_to_arrays,
-    refusal_content,
     spec_of,
 )
 
@@ -80,6 +99,7 @@ def _device_index(
     seed: int,
     synthetic_users: int,
     synthetic_items: int,
+    columns: str | None = None,
 ) -> DeviceIndex:
     """The partition of a dataset into devices, loaded once per process."""
     task_data = load_task(
@@ -90,6 +110,7 @@ def _device_index(
         seed=seed,
         synthetic_users=synthetic_users,
         synthetic_items=synthetic_items,
+        columns=columns,
     )
     return DeviceIndex(task_data)
 
@@ -105,9 +126,20 @@ def simulated_device(config: Mapping[str, Any], context: Context) -> DeviceData:
         int(config["seed"]),
         int(config.get("synthetic-users", 1000)),
         int(config.get("synthetic-items", 500)),
+        config.get("columns"),
     )
-    device = index.device(int(context.node_config["partition-id"]))
+    partition = int(context.node_config["partition-id"])
+    device = index.device(partition)
+    canary_file = context.node_config.get(CANARY_NODE_KEY)
+    if canary_file:
+        # The experimenter's audit canaries, given by the engine (never by the server).
+        device = with_interaction_canaries(device, _canaries(str(canary_file)), partition)
     return with_validation_in_training(device) if config.get("train-on-validation") else device
+
+
+@lru_cache(maxsize=2)
+def _canaries(path: str) -> InteractionCanaries:
+    return InteractionCanaries.load(Path(path))
 
 
 def device_generator(
@@ -153,9 +185,8 @@ def fresh_model(config: Mapping[str, Any], device: DeviceData, partition: int) -
     """The model of simulated device ``partition`` before anything is loaded into it: its
     private parameters are those of a device that never trained, the same in every round
     (seeded by the run seed and the partition)."""
-    with torch.random.fork_rng():
-        init = device_generator(config, 0, partition, salt=2)
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=init)))
+    init = device_generator(config, 0, partition, salt=2)
+    with seeded_cpu_rng(int(torch.randint(0, 2**62, (1,), generator=init))):
         return _build(config, device)
 
 
@@ -189,47 +220,105 @@ def _mode(config: Mapping[str, Any]) -> str:
     return str(config.get("dp") or "none")
 
 
-def _refuse(message: Message, reason: str, detail: str) -> Message:
-    """Reply with a refusal code and nothing else; say why on the device only."""
-    LOG.warning("refused a %s request: %s", message.metadata.message_type, detail)
-    content = refusal_content(reason)
-    return Message(content=content, reply_to=message)
+def _refusal(kind: str, reason: str, detail: str) -> RecordDict:
+    """A refusal code and nothing else; say why on the device only."""
+    return _refused(kind, reason, detail).content()
+
+
+def _model_key(config: Mapping[str, Any], device: DeviceData) -> tuple[Any, ...]:
+    """What the shape and constants of a device's model depend on (see :func:`_build`)."""
+    data = device.data
+    keys = ("dataset", "columns", "data-dir", "synthetic-users", "synthetic-items", "task",
+            "fold", "seed", "model", "embedding-dim", "learn-global-mean", "history-len",
+            "dropout")  # fmt: skip
+    return (*(config.get(k) for k in keys), data.n_items, data.rating_scale)
+
+
+_MODELS: dict[tuple[Any, ...], RecModel] = {}
+
+
+def _reused_model(config: Mapping[str, Any], device: DeviceData) -> RecModel:
+    """One model object per process and configuration, reused by every device it plays.
+
+    Every parameter is global or private and a device overwrites all of them before use
+    (:func:`device_model`), so a reused model computes exactly what a freshly built one
+    does, without building a model (and its item table) for every message.
+    """
+    key = _model_key(config, device)
+    model = _MODELS.get(key)
+    if model is None:
+        _MODELS.clear()  # one configuration at a time: a new run drops the last one's
+        model = _MODELS[key] = _build(config, device)
+    return model
+
+
+def fresh_private_state(
+    config: Mapping[str, Any], device: DeviceData, partition: int
+) -> dict[str, np.ndarray]:
+    """The private parameters of simulated device ``partition`` before it ever trained."""
+    return _local_state(fresh_model(config, device, partition))
+
+
+def device_model(
+    config: Mapping[str, Any],
+    device: DeviceData,
+    partition: int,
+    global_state: Mapping[str, np.ndarray],
+    private: Mapping[str, np.ndarray] | None,
+) -> RecModel:
+    """The device's model for one message: the received global parameters and its private
+    ones (``None``: those of a device that never trained, :func:`fresh_private_state`)."""
+    model = _reused_model(config, device)
+    model.load_global_state(global_state)
+    lay = layout(model)
+    if private is None or set(lay.local) - set(private):
+        private = {**fresh_private_state(config, device, partition), **(private or {})}
+    params = lay.params
+    with torch.no_grad():
+        for k, v in private.items():
+            params[k].copy_(torch.as_tensor(v))
+    return model
+
+
+def round_generator(
+    policy: DevicePolicy, config: Mapping[str, Any], partition: int, *, evaluating: bool
+) -> torch.Generator:
+    """The torch generator of one round's negatives and dropout masks (see _secret)."""
+    round_ = integer(config["round"], "round")
+    if _secret(policy, config):
+        # Negatives and dropout masks: secret, not a public stream indexed by round.
+        return secret_torch_generator(secure_generator())
+    if _seeded(policy):
+        return device_generator({"seed": policy.noise_seed}, round_, partition, int(evaluating))
+    return device_generator(config, round_, partition, salt=int(evaluating))
 
 
 def _prepare(
-    message: Message, context: Context, policy: DevicePolicy, *, evaluating: bool
-) -> tuple[dict[str, Any], DeviceData, RecModel, LocalStateStore, torch.Generator]:
-    config = dict(message.content.config_records[CONFIG_RECORD])
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    context: Context,
+    policy: DevicePolicy,
+    store: LocalStateStore | None,
+    *,
+    evaluating: bool,
+) -> tuple[DeviceData, RecModel, LocalStateStore, torch.Generator]:
     if policy.simulated or "partition-id" in context.node_config:
         # A simulated device gets one core; thread pools would oversubscribe it.
         use_one_thread()
     device = simulated_device(config, context)
     partition = int(context.node_config["partition-id"])
     round_ = integer(config["round"], "round")
-    if _secret(policy, config):
-        # Negatives and dropout masks: secret, not a public stream indexed by round.
-        gen = secret_torch_generator(secure_generator())
-    elif _seeded(policy):
-        gen = device_generator({"seed": policy.noise_seed}, round_, partition, int(evaluating))
-    else:
-        gen = device_generator(config, round_, partition, salt=int(evaluating))
-    model = fresh_model(config, device, partition)
-    model.load_global_state(record_to_arrays(message.content.array_records[GLOBAL_RECORD]))
-    store = _state_store(policy, context)
+    gen = round_generator(policy, config, partition, evaluating=evaluating)
+    store = _state_store(policy, context) if store is None else store
     # Training in round r starts from the state of an earlier round; evaluating after
     # round r uses the state that round r produced.
     private = store.load(before_round=round_ + 1 if evaluating else round_)
-    if private is not None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for k, v in private.items():
-                params[k].copy_(torch.as_tensor(v))
-    return config, device, model, store, gen
+    model = device_model(config, device, partition, global_state, private)
+    return device, model, store, gen
 
 
 def _local_state(model: RecModel) -> dict[str, np.ndarray]:
-    params = dict(model.named_parameters())
-    return {k: params[k].detach().numpy().copy() for k in model.local_parameter_names()}
+    return layout(model).local_state()
 
 
 def train_config(config: Mapping[str, Any]) -> LocalTrainConfig:
@@ -356,42 +445,114 @@ def _train_private(
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
-    policy = device_policy(context)
-    request = dict(message.content.config_records[CONFIG_RECORD])
-    reason = weakening(policy, request, "train")
+    config = dict(message.content.config_records[CONFIG_RECORD])
+    global_state = record_to_arrays(message.content.array_records[GLOBAL_RECORD])
+    if STORE_NODE_KEY in context.node_config:
+        content = store_reply("train", config, global_state, message, context)
+    else:
+        content = train_reply(device_policy(context), config, global_state, context)
+    return Message(content=content, reply_to=message)
+
+
+@dataclass(frozen=True)
+class DeviceReply:
+    """What a device step sends, before it is packed into a message: the update's arrays
+    (``None``: none) and the metrics, or a refusal (``metrics = {"refused": CODE}``),
+    with what its allow-list check needs (the mode and catalogue facts of
+    :func:`~pollinate.shared.wire.check_outgoing`).
+
+    The ClientApp packs it (:meth:`content`) and checks the message; the fast engine
+    checks these very arrays with the same check (:meth:`check`) and never serialises them.
+    """
+
+    kind: str
+    metrics: dict[str, int | float]
+    update: dict[str, np.ndarray] | None = None
+    dp: str = "none"
+    task: str | None = None
+    genres: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.update is None and set(self.metrics) == {REFUSAL_KEY}
+
+    def content(self) -> RecordDict:
+        """The message content: exactly the arrays and metrics above."""
+        records: dict[str, Any] = {}
+        if self.update is not None:
+            records[UPDATE_RECORD] = arrays_to_record(self.update)
+        records[METRICS_RECORD] = MetricRecord(self.metrics)  # type: ignore[arg-type]
+        return RecordDict(records)
+
+    def check(self, spec: ParamSpec) -> None:
+        """The device's allow-list check of what it sends (before anything leaves)."""
+        if not self.refused:
+            check_reply(self.kind, self.update, self.metrics, spec=spec, incoming=False,
+                        dp=self.dp, task=self.task, genres=self.genres)  # fmt: skip
+
+
+def _refused(kind: str, reason: str, detail: str) -> DeviceReply:
+    """A refusal code and nothing else; say why on the device only."""
+    LOG.warning("refused a %s request: %s", kind, detail)
+    return DeviceReply(kind, {REFUSAL_KEY: REFUSAL_CODES[reason]})
+
+
+def _checked_content(reply: DeviceReply, spec: ParamSpec) -> RecordDict:
+    """The message of ``reply``, checked against the allow-list on its decoded content."""
+    content = reply.content()
+    if not reply.refused:
+        check_outgoing(content, kind=reply.kind, spec=spec, dp=reply.dp, task=reply.task,
+                       genres=reply.genres)  # fmt: skip
+    return content
+
+
+def train_reply(
+    policy: DevicePolicy,
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    context: Context,
+    store: LocalStateStore | None = None,
+) -> RecordDict:
+    """The whole device step of a training request: the reply's content, checked against
+    the allow-list (or a refusal). The ClientApp's ``train`` handler calls it; ``store``
+    (default: the one the policy names) is where the device keeps its private state and
+    accountant."""
+    reply = train_step(policy, config, global_state, context, store)
+    return _checked_content(reply, spec_of(global_state))
+
+
+def train_step(
+    policy: DevicePolicy,
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    context: Context,
+    store: LocalStateStore | None = None,
+) -> DeviceReply:
+    """The device step of a training request, up to what it would send (see
+    :class:`DeviceReply`); :func:`train_reply` and the fast engine's shards
+    (``pollinate.simulations.fast``) both call it."""
+    reason = weakening(policy, config, "train")
     if reason is not None:
-        return _refuse(message, "policy", reason)
+        return _refused("train", "policy", reason)
     if policy.local_dp and not policy.state_dir:
-        return _refuse(message, "state", "local DP needs a durable, device-owned state store")
-    config, device, model, store, gen = _prepare(message, context, policy, evaluating=False)
-    spec = spec_of(model.global_state())
+        return _refused("train", "state", "local DP needs a durable, device-owned state store")
+    device, model, store, gen = _prepare(
+        config, global_state, context, policy, store, evaluating=False
+    )
     if policy.local_dp:
         try:
-            update, metrics = _train_private(policy, config, context, device, model, store, gen)
+            update, released = _train_private(policy, config, context, device, model, store, gen)
         except StateStoreError as exc:
-            return _refuse(message, "state", str(exc))
-        records: dict[str, Any] = {METRICS_RECORD: MetricRecord(metrics)}  # type: ignore[arg-type]
-        if update is not None:
-            records[UPDATE_RECORD] = arrays_to_record(update)
-        content = RecordDict(records)
-        check_outgoing(content, kind="train", spec=spec, dp="local")
-        return Message(content=content, reply_to=message)
+            return _refused("train", "state", str(exc))
+        return DeviceReply("train", released, update, dp="local")
     outcome = train_device(model, device, train_config(config), gen)
     store.save(int(config["round"]), _local_state(model))
-    content = RecordDict(
-        {
-            UPDATE_RECORD: arrays_to_record(outcome.update),
-            METRICS_RECORD: MetricRecord(
-                {
-                    "num-examples": outcome.n_examples,
-                    "train-loss": outcome.loss,
-                    "train-seconds": outcome.seconds,
-                }
-            ),
-        }
-    )
-    check_outgoing(content, kind="train", spec=spec, dp=_mode(config))
-    return Message(content=content, reply_to=message)
+    metrics: dict[str, int | float] = {
+        "num-examples": outcome.n_examples,
+        "train-loss": outcome.loss,
+        "train-seconds": outcome.seconds,
+    }
+    return DeviceReply("train", metrics, outcome.update, dp=_mode(config))
 
 
 def device_key(context: Context) -> int:
@@ -399,6 +560,8 @@ def device_key(context: Context) -> int:
     63-bit key kept in the node's state."""
     if "partition-id" in context.node_config:
         return int(context.node_config["partition-id"])
+    if STORE_NODE_KEY in context.node_config:
+        return device_store(context.node_config).device_key()
     policy = device_policy(context)
     if policy.state_dir:
         return _stored_key(Path(policy.state_dir))
@@ -431,16 +594,45 @@ def enroll(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    policy = device_policy(context)
-    request = dict(message.content.config_records[CONFIG_RECORD])
-    reason = weakening(policy, request, "evaluate")
+    config = dict(message.content.config_records[CONFIG_RECORD])
+    global_state = record_to_arrays(message.content.array_records[GLOBAL_RECORD])
+    if STORE_NODE_KEY in context.node_config:
+        content = store_reply("evaluate", config, global_state, message, context)
+    else:
+        content = evaluate_reply(device_policy(context), config, global_state, context)
+    return Message(content=content, reply_to=message)
+
+
+def evaluate_reply(
+    policy: DevicePolicy,
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    context: Context,
+    store: LocalStateStore | None = None,
+) -> RecordDict:
+    """The whole device step of an evaluation request (see :func:`train_reply`)."""
+    return _checked_content(evaluate_step(policy, config, global_state, context, store), {})
+
+
+def evaluate_step(
+    policy: DevicePolicy,
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    context: Context,
+    store: LocalStateStore | None = None,
+) -> DeviceReply:
+    """The device step of an evaluation request, up to what it would send (see
+    :func:`train_step`)."""
+    reason = weakening(policy, config, "evaluate")
     if reason is not None:
-        return _refuse(message, "policy", reason)
+        return _refused("evaluate", "policy", reason)
     if policy.evaluation == "refuse":
-        return _refuse(message, "evaluation", "this device's policy answers no evaluation")
+        return _refused("evaluate", "evaluation", "this device's policy answers no evaluation")
     if policy.local_dp and not policy.state_dir:
-        return _refuse(message, "state", "a noised evaluation needs a durable accountant")
-    config, device, model, store, gen = _prepare(message, context, policy, evaluating=True)
+        return _refused("evaluate", "state", "a noised evaluation needs a durable accountant")
+    device, model, store, gen = _prepare(
+        config, global_state, context, policy, store, evaluating=True
+    )
     adapt = local_adaptation(config)
     if adapt is not None:
         # The adapted copy is scored and dropped: evaluating saves no state.
@@ -450,22 +642,19 @@ def evaluate(message: Message, context: Context) -> Message:
         try:
             released = _noised_evaluation(policy, config, context, device, store, sums)
         except StateStoreError as exc:
-            return _refuse(message, "state", str(exc))
+            return _refused("evaluate", "state", str(exc))
         except ConfigError as exc:
-            return _refuse(message, "evaluation", str(exc))
+            return _refused("evaluate", "evaluation", str(exc))
         if released is None:
-            return _refuse(message, "budget", "the noised evaluation would exceed the budget")
+            return _refused("evaluate", "budget", "the noised evaluation would exceed the budget")
         sums = released
-    content = RecordDict({METRICS_RECORD: MetricRecord(sums)})  # type: ignore[arg-type]
-    check_outgoing(
-        content,
-        kind="evaluate",
-        spec={},
+    return DeviceReply(
+        "evaluate",
+        dict(sums),
         dp="local" if policy.local_dp else _mode(config),
         task=device.task,
         genres=device.data.item_genres is not None,
     )
-    return Message(content=content, reply_to=message)
 
 
 def _noised_evaluation(
@@ -509,3 +698,145 @@ def _noised_evaluation(
         epsilon = device_epsilon(history, delta) if history else 0.0
     released["local-epsilon"] = epsilon
     return released
+
+
+# -- Real devices: training on the device's own encrypted store -------------------------
+#
+# A SuperNode started by ``pollinate device join`` names its store in its node config.
+# Flower starts one ClientApp process per message, so everything that must last (events,
+# private parameters, the accountant's ledger, the received model and catalogue) lives
+# in the store; the key comes from a 0600 key file or the platform keyring, never from
+# the server. The device's privacy policy is the store's own, never the node config's or
+# the server's.
+
+#: Round-config keys a device keeps with the received model, to rebuild it for
+#: recommendations (``EncryptedStore.save_global``).
+MODEL_CONFIG_KEYS = ("model", "task", "embedding-dim", "history-len", "learn-global-mean",
+                     "dropout", "loss")  # fmt: skip
+
+_STORES: dict[str, Any] = {}
+
+
+def device_store(node_config: Mapping[str, Any]) -> Any:
+    """The device's :class:`~pollinate.client.store.EncryptedStore`, opened once per
+    process (a ClientApp process serves one message)."""
+    from pollinate.client.store import EncryptedStore
+
+    path = str(node_config[STORE_NODE_KEY])
+    store = _STORES.get(path)
+    if store is None:
+        store = _STORES[path] = EncryptedStore.open(Path(path), store_key(node_config))
+    return store
+
+
+def _message_catalogue(message: Message, store: Any) -> Any:
+    """The catalogue sent with the model, else the one the store kept, else None."""
+    from pollinate.shared.catalogue import Catalogue
+
+    record = message.content.array_records.get(CATALOGUE_RECORD)
+    if record is not None:
+        return Catalogue.from_arrays(record_to_arrays(record))
+    kept = store.global_model()
+    return None if kept is None else kept.catalogue
+
+
+def store_reply(
+    kind: str,
+    config: dict[str, Any],
+    global_state: Mapping[str, np.ndarray],
+    message: Message,
+    context: Context,
+) -> RecordDict:
+    """A real device's reply to a train or evaluate request, from its store.
+
+    The store's policy decides every privacy setting; under local DP each release is
+    charged to the store's ledger (committed) before the reply exists, so a device that
+    crashes or restarts continues its ε. The received global model and catalogue and the
+    new private parameters are saved in the store; what the reply carries is logged there
+    as a release (``Device.privacy()`` shows it).
+    """
+    try:
+        store = device_store(context.node_config)
+        policy = store.policy()
+    except (StateStoreError, ConfigError) as exc:
+        return _refusal(kind, "state", f"the device's store cannot be used: {exc}")
+    if policy.simulated or policy.noise_seed is not None:
+        return _refusal(kind, "state", "a real device's policy cannot be a simulated one")
+    reason = weakening(policy, config, kind)
+    if reason is not None:
+        return _refusal(kind, "policy", reason)
+    evaluating = kind == "evaluate"
+    if evaluating and policy.evaluation == "refuse":
+        return _refusal(kind, "evaluation", "this device's policy answers no evaluation")
+    try:
+        catalogue = _message_catalogue(message, store)
+    except ConfigError as exc:
+        return _refusal(kind, "no-data", f"the catalogue sent is unusable: {exc}")
+    if catalogue is None:
+        return _refusal(kind, "no-data", "no catalogue: the server sent none and none is kept")
+    try:
+        device = store.device_data(catalogue, str(config["task"]))
+    except StateStoreError as exc:
+        return _refusal(kind, "no-data", str(exc))
+    use_one_thread()  # small models: one thread is fastest and leaves the app its cores
+    round_ = integer(config["round"], "round")
+    model = _build(config, device)
+    model.load_global_state(global_state)
+    private = store.load(before_round=round_ + 1 if evaluating else round_)
+    if private is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in private.items():
+                params[name].copy_(torch.as_tensor(value))
+    # A real device's negatives, dropout masks and noise are always secret.
+    gen = secret_torch_generator(secure_generator())
+    arrays: dict[str, np.ndarray] = {}
+    metrics: dict[str, Any]
+    if not evaluating:
+        if policy.local_dp:
+            try:
+                update, metrics = _train_private(policy, config, context, device, model, store,
+                                                 gen)  # fmt: skip
+            except StateStoreError as exc:
+                return _refusal(kind, "state", str(exc))
+            records: dict[str, Any] = {METRICS_RECORD: MetricRecord(metrics)}  # type: ignore[arg-type]
+            if update is not None:
+                records[UPDATE_RECORD] = arrays_to_record(update)
+                arrays = update
+            content = RecordDict(records)
+            check_outgoing(content, kind="train", spec=spec_of(global_state), dp="local")
+        else:
+            outcome = train_device(model, device, train_config(config), gen)
+            store.save(round_, _local_state(model))
+            metrics = {"num-examples": outcome.n_examples, "train-loss": outcome.loss,
+                       "train-seconds": outcome.seconds}  # fmt: skip
+            arrays = outcome.update
+            content = RecordDict(
+                {UPDATE_RECORD: arrays_to_record(arrays), METRICS_RECORD: MetricRecord(metrics)}
+            )
+            check_outgoing(content, kind="train", spec=spec_of(global_state), dp=_mode(config))
+    else:
+        sums = evaluate_device(
+            model, device, str(config["part"]), private_refit=private_refit(config)
+        )
+        if policy.evaluation == "noised":
+            try:
+                released = _noised_evaluation(policy, config, context, device, store, sums)
+            except StateStoreError as exc:
+                return _refusal(kind, "state", str(exc))
+            except ConfigError as exc:
+                return _refusal(kind, "evaluation", str(exc))
+            if released is None:
+                return _refusal(kind, "budget", "the noised evaluation would exceed the budget")
+            sums = released
+        metrics = dict(sums)
+        content = RecordDict({METRICS_RECORD: MetricRecord(metrics)})
+        check_outgoing(
+            content, kind="evaluate", spec={},
+            dp="local" if policy.local_dp else _mode(config),
+            task=device.task, genres=device.data.item_genres is not None,
+        )  # fmt: skip
+    model_config = {k: config[k] for k in MODEL_CONFIG_KEYS if config.get(k) is not None}
+    store.save_global(round_, global_state, catalogue, model_config)
+    store.record_release(round_, kind, arrays, metrics)
+    return content

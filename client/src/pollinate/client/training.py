@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,43 @@ class LocalTrainConfig:
     private_weight_decay: float = 0.0
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A model's parameters by name and their split (``RecModel``'s name methods, each of
+    which walks the module tree): computed once per model object, which a process reuses
+    for every device it plays (``pollinate.client.app``)."""
+
+    params: dict[str, torch.nn.Parameter]
+    local: tuple[str, ...]
+    global_: tuple[str, ...]
+    encoder: tuple[str, ...]
+
+    def global_state(self) -> dict[str, np.ndarray]:
+        """What :meth:`RecModel.global_state` returns: copies of the global parameters."""
+        return {n: self.params[n].detach().numpy().copy() for n in self.global_}
+
+    def local_state(self) -> dict[str, np.ndarray]:
+        """Copies of the private parameters."""
+        return {n: self.params[n].detach().numpy().copy() for n in self.local}
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[RecModel, Layout] = weakref.WeakKeyDictionary()
+
+
+def layout(model: RecModel) -> Layout:
+    """The model's :class:`Layout` (cached: a model's parameters and their split are fixed
+    when it is built)."""
+    found = _LAYOUTS.get(model)
+    if found is None:
+        found = _LAYOUTS[model] = Layout(
+            dict(model.named_parameters()),
+            model.local_parameter_names(),
+            model.global_parameter_names(),
+            model.encoder_parameter_names(),
+        )
+    return found
+
+
 def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]]:
     """SGD parameter groups: private parameters at ``lr_local`` (with their own decay
     ``private_weight_decay``), the encoder's dense weights at ``lr_encoder`` and the other
@@ -74,10 +112,10 @@ def sgd_groups(model: RecModel, cfg: LocalTrainConfig) -> list[dict[str, object]
     batch-size times the per-example step, while an item row takes one per occurrence:
     the two may need different rates.
     """
-    params = dict(model.named_parameters())
-    local = model.local_parameter_names()
-    encoder = set(model.encoder_parameter_names()) if cfg.lr_encoder is not None else set()
-    rows = [k for k in model.global_parameter_names() if k not in encoder]
+    lay = layout(model)
+    params, local = lay.params, lay.local
+    encoder = set(lay.encoder) if cfg.lr_encoder is not None else set()
+    rows = [k for k in lay.global_ if k not in encoder]
     groups: list[dict[str, object]] = [
         {
             "params": [params[k] for k in local],
@@ -116,12 +154,59 @@ class EncoderAdam(torch.optim.Adam):
         return super().step()
 
 
+class PlainSGD(torch.optim.SGD):
+    """``torch.optim.SGD`` without momentum, its step reduced to its arithmetic.
+
+    torch's SGD step gathers the groups' gradients, dispatches between implementations
+    and tracks momentum buffers on every call: for an ``mf`` device's few tiny steps that
+    bookkeeping costs more than the update. This step is torch's own arithmetic,
+    operation for operation (``_single_tensor_sgd``: ``g = g + wd * p``, then
+    ``p -= lr * g``), so the parameters are bit for bit those of ``torch.optim.SGD``
+    (pinned by a test). It stays a ``torch.optim.Optimizer``: Opacus wraps it, and step
+    hooks run as on any optimizer.
+    """
+
+    def __init__(self, groups: Sequence[dict[str, Any]]) -> None:
+        super().__init__(groups)
+        for group in self.param_groups:
+            if group["momentum"] or group["nesterov"] or group["maximize"]:
+                raise ValueError("PlainSGD is SGD without momentum, nesterov or maximize")
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    if p.grad.grad_fn is not None:
+                        p.grad.detach_()
+                    else:
+                        p.grad.requires_grad_(False)
+                    p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("PlainSGD does not take a closure")
+        for group in self.param_groups:
+            lr, decay = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None:
+                    continue
+                if decay != 0:
+                    grad = grad.add(p, alpha=decay)
+                p.add_(grad, alpha=-lr)
+
+
 def local_optimizer(model: RecModel, cfg: LocalTrainConfig) -> torch.optim.Optimizer:
     """The device's optimizer over :func:`sgd_groups` (a fresh one every round: nothing of
     it outlives the round, so it holds no state to persist or leak)."""
     groups = sgd_groups(model, cfg)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups)
+        return PlainSGD(groups)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups)
     if cfg.optimizer == "adam-encoder":
@@ -151,9 +236,24 @@ def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
     masks never come from here: they have their own generator.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_cpu_rng(seed):
         yield
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Torch's global CPU generator seeded with ``seed`` inside the block, restored after.
+
+    What ``torch.random.fork_rng(devices=[])`` + ``torch.manual_seed`` do for a CPU model,
+    without ``manual_seed``'s lazy seeding of every accelerator backend, which formats a
+    stack trace on each call (0.7 ms, the largest single cost of an ``mf`` device step).
+    """
+    state = torch.default_generator.get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(state)
 
 
 def local_steps(n: int, batch_size: int, epochs: int, max_steps: int | None) -> int:
@@ -178,15 +278,15 @@ def train_device(
     t0 = time.perf_counter()
     if cfg.private_refit is not None:
         refit_private(model, device, cfg.private_refit)
-    before = model.global_state()
+    lay = layout(model)
+    before = lay.global_state()
     examples = build_examples(
         device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)
     )
     n = n_examples(examples)
     loss_fn = get_loss(cfg.loss, reg=cfg.reg, n_negatives=cfg.negatives)
     opt = local_optimizer(model, cfg)
-    params = dict(model.named_parameters())
-    encoder = [params[k] for k in model.encoder_parameter_names()]
+    encoder = [lay.params[k] for k in lay.encoder]
     model.train()
     total, count = 0.0, 0
     steps_left = local_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps)
@@ -208,7 +308,7 @@ def train_device(
                 opt.step()
                 total += float(losses.detach().sum())
                 count += len(losses)
-    after = model.global_state()
+    after = lay.global_state()
     update = {k: after[k] - before[k] for k in before}
     check_finite(model, update)
     return TrainOutcome(update, total / max(count, 1), n, time.perf_counter() - t0)
@@ -220,9 +320,9 @@ def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
     The caller then keeps the device's private state of the previous round: a diverged
     round must not poison the device's later rounds, nor reach the server.
     """
-    params = dict(model.named_parameters())
+    lay = layout(model)
     bad = [k for k, v in update.items() if not np.isfinite(v).all()]
-    bad += [k for k in model.local_parameter_names() if not torch.isfinite(params[k]).all()]
+    bad += [k for k in lay.local if not torch.isfinite(lay.params[k]).all()]
     if bad:
         raise TrainingDivergedError(
             f"local training diverged: non-finite values in {', '.join(sorted(bad))}; "

@@ -29,7 +29,7 @@ missing is as malformed as one with a key too many).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +44,11 @@ UPDATE_RECORD = "update"
 METRICS_RECORD = "metrics"
 GLOBAL_RECORD = "global"
 CONFIG_RECORD = "config"
+#: Server -> device only: the item catalogue (ids, genres, popularity, rating scale) as
+#: an ArrayRecord of numeric and unicode arrays, sent beside the global model to real
+#: devices (``send-catalogue``). No reply may carry it: a reply's records are exactly
+#: those of its kind, so :func:`check_outgoing` refuses a device that would echo it.
+CATALOGUE_RECORD = "catalogue"
 
 KINDS = ("train", "evaluate", "enroll")
 DP_MODES = ("none", "user", "local", "both")
@@ -199,7 +204,11 @@ def refusal_code(content: RecordDict) -> str | None:
     """The reason of a well-formed refusal, or None when ``content`` is not exactly one."""
     if set(content.keys()) != {METRICS_RECORD} or METRICS_RECORD not in content.metric_records:
         return None
-    metrics = content.metric_records[METRICS_RECORD]
+    return _refusal_name(content.metric_records[METRICS_RECORD])
+
+
+def _refusal_name(metrics: Mapping[str, object]) -> str | None:
+    """The reason of metrics that are exactly a well-formed refusal, else None."""
     if set(metrics.keys()) != {REFUSAL_KEY}:
         return None
     code = metrics[REFUSAL_KEY]
@@ -242,10 +251,8 @@ def _decode(name: str, arr: Array, who: str) -> np.ndarray:
     return value
 
 
-def _check_arrays(
-    record: ArrayRecord, spec: ParamSpec, who: str, *, incoming: bool, max_norm: float | None
-) -> dict[str, np.ndarray]:
-    names = set(record.keys())
+def _check_names(names: Iterable[str], spec: ParamSpec, who: str) -> None:
+    names = set(names)
     extra = sorted(names - set(spec))
     if extra:
         raise AllowListError(
@@ -255,6 +262,11 @@ def _check_arrays(
     missing = sorted(set(spec) - names)
     if missing:
         raise AllowListError(f"{who}: update lacks global parameters {missing}", reason="arrays")
+
+
+def _decode_record(record: ArrayRecord, spec: ParamSpec, who: str) -> dict[str, np.ndarray]:
+    """The arrays of ``record``, decoded; each declared and decoded as the spec says."""
+    _check_names(record.keys(), spec, who)
     out: dict[str, np.ndarray] = {}
     for name, arr in record.items():
         shape, dtype = spec[name]
@@ -269,6 +281,36 @@ def _check_arrays(
             raise AllowListError(
                 f"{who}: array {name!r} declares {arr.dtype}{tuple(arr.shape)} but its payload "
                 f"is {value.dtype}{value.shape}; the allow-list says {dtype}{shape}",
+                reason="shape" if value.shape != shape else "dtype",
+            )
+        out[name] = value
+    return out
+
+
+def _check_arrays(
+    arrays: Mapping[str, object],
+    spec: ParamSpec,
+    who: str,
+    *,
+    incoming: bool,
+    max_norm: float | None,
+) -> dict[str, np.ndarray]:
+    """The allow-list check of an update's decoded arrays: exactly the spec's names, each
+    an ndarray of the spec's shape and dtype; on the server also finite, with an L2 norm
+    at most ``max_norm``."""
+    _check_names(arrays.keys(), spec, who)
+    out: dict[str, np.ndarray] = {}
+    for name, value in arrays.items():
+        shape, dtype = spec[name]
+        if not isinstance(value, np.ndarray):
+            raise AllowListError(
+                f"{who}: array {name!r} is a {type(value).__name__}, not a numpy array",
+                reason="decode",
+            )
+        if value.shape != shape or str(value.dtype) != dtype:
+            raise AllowListError(
+                f"{who}: array {name!r} is {value.dtype}{value.shape}; the allow-list says "
+                f"{dtype}{shape}",
                 reason="shape" if value.shape != shape else "dtype",
             )
         if incoming and not np.isfinite(value).all():
@@ -286,7 +328,7 @@ def _check_arrays(
     return out
 
 
-def _numbers(record: MetricRecord, who: str, *, incoming: bool) -> dict[str, int | float]:
+def _numbers(record: Mapping[str, object], who: str, *, incoming: bool) -> dict[str, int | float]:
     """Every metric as a plain number (never a bool or a list); finite on the server."""
     out: dict[str, int | float] = {}
     for key, value in record.items():
@@ -365,9 +407,10 @@ def _check(
     incoming: bool,
     max_norm: float | None,
 ) -> Reply:
+    """The checks of a reply's records, then :func:`_check_parts` on their content (the
+    update's arrays decoded where it looks at them)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be 'train', 'evaluate' or 'enroll', got {kind!r}")
-    local = _local(dp) if dp is not None else None
     who = f"{'incoming' if incoming else 'outgoing'} {kind} reply"
     refused = refusal_code(content)
     if refused is not None:
@@ -382,7 +425,39 @@ def _check(
         raise AllowListError(
             f"{who}: metrics must be a MetricRecord named 'metrics'", reason="records"
         )
-    record = content.metric_records[METRICS_RECORD]
+    record = content.array_records.get(UPDATE_RECORD)
+    return _check_parts(
+        kind,
+        None if record is None else lambda: _decode_record(record, spec, who),
+        content.metric_records[METRICS_RECORD],
+        who,
+        spec=spec,
+        metric_keys=metric_keys,
+        dp=dp,
+        task=task,
+        genres=genres,
+        incoming=incoming,
+        max_norm=max_norm,
+    )
+
+
+def _check_parts(
+    kind: str,
+    update: Callable[[], Mapping[str, object]] | None,
+    record: Mapping[str, object],
+    who: str,
+    *,
+    spec: ParamSpec,
+    metric_keys: frozenset[str] | None,
+    dp: str | None,
+    task: str | None,
+    genres: bool,
+    incoming: bool,
+    max_norm: float | None,
+) -> Reply:
+    """The allow-list check of a reply's content: ``update`` (``None`` when the reply
+    carries no arrays; else a callable giving its decoded arrays) and its metrics."""
+    local = _local(dp) if dp is not None else None
     if REFUSAL_KEY in record:
         raise AllowListError(
             f"{who}: a refusal is exactly {{'refused': CODE}} with a code of "
@@ -392,7 +467,7 @@ def _check(
     metrics = _numbers(record, who, incoming=incoming)
     keys = set(metrics)
     exact = dp is not None and metric_keys is None
-    update: dict[str, np.ndarray] | None = None
+    checked: dict[str, np.ndarray] | None = None
     if kind == "train":
         stopped = "dp-stopped" in metrics and (metrics["dp-stopped"] == 1 or exact)
         if stopped:
@@ -402,28 +477,22 @@ def _check(
                     f"is --dp {dp})",
                     reason="metric-keys",
                 )
-            if content.array_records:
+            if update is not None:
                 raise AllowListError(
                     f"{who}: a device that stopped (dp-stopped) sends no arrays", reason="records"
                 )
             options = [STOPPED_TRAIN_KEYS]
         else:
-            if UPDATE_RECORD not in content.array_records:
+            if update is None:
                 raise AllowListError(
                     f"{who}: the update must be an ArrayRecord named 'update'", reason="records"
                 )
-            update = _check_arrays(
-                content.array_records[UPDATE_RECORD],
-                spec,
-                who,
-                incoming=incoming,
-                max_norm=max_norm,
-            )
+            checked = _check_arrays(update(), spec, who, incoming=incoming, max_norm=max_norm)
             options = [train_metric_keys(dp)] if exact else []  # type: ignore[arg-type]
         if not exact:
             options = [TRAIN_METRIC_KEYS if metric_keys is None else metric_keys]
     else:
-        if content.array_records:
+        if update is not None:
             raise AllowListError(f"{who}: {kind} replies carry no arrays", reason="records")
         if kind == "enroll":
             options = [ENROLL_METRIC_KEYS if metric_keys is None else metric_keys]
@@ -441,7 +510,50 @@ def _check(
     _check_keys(keys, options, who, exact=exact)
     if incoming:
         _check_values(kind, metrics, who)
-    return Reply(kind, update=update, metrics=metrics)
+    return Reply(kind, update=checked, metrics=metrics)
+
+
+def check_reply(
+    kind: str,
+    update: Mapping[str, np.ndarray] | None,
+    metrics: Mapping[str, object],
+    *,
+    spec: ParamSpec,
+    incoming: bool,
+    dp: str | None = None,
+    task: str | None = None,
+    genres: bool = False,
+    metric_keys: frozenset[str] | None = None,
+    max_norm: float | None = MAX_UPDATE_NORM,
+) -> Reply:
+    """The allow-list check of a reply that is already decoded: the update's arrays
+    (``None``: the reply carries none) and its metrics, exactly what would be packed into
+    the ``"update"`` and ``"metrics"`` records.
+
+    The same checks :func:`check_outgoing` (``incoming=False``) and :func:`check_incoming`
+    (``incoming=True``) apply after decoding a message: names, shapes and dtypes of the
+    arrays, exact metric keys, and on the server finiteness, the norm bound and value
+    ranges. The fast engine (``pollinate.simulations.fast``) uses it where a reply never
+    becomes a message. A refusal is ``metrics = {"refused": CODE}`` and no update.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'train', 'evaluate' or 'enroll', got {kind!r}")
+    refused = _refusal_name(metrics) if update is None else None
+    if refused is not None:
+        return Reply(kind, refused=refused)
+    return _check_parts(
+        kind,
+        None if update is None else lambda: update,
+        metrics,
+        f"{'incoming' if incoming else 'outgoing'} {kind} reply",
+        spec=spec,
+        metric_keys=metric_keys,
+        dp=dp,
+        task=task,
+        genres=genres,
+        incoming=incoming,
+        max_norm=max_norm if incoming else None,
+    )
 
 
 def check_outgoing(

@@ -17,12 +17,46 @@ app = typer.Typer(
 )
 
 
+def _version(show: bool) -> None:
+    if show:
+        from pollinate.shared.versions import package_version
+
+        versions = {n: package_version(n) for n in ("flwr", "torch", "opacus", "dp-accounting")}
+        libs = ", ".join(f"{n} {v}" for n, v in versions.items() if v)
+        typer.echo(f"pollinate {package_version('pollinate') or 'unknown'} ({libs})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Federated, privacy-preserving recommenders: simulations, references, audits."""
+
+
 def _register() -> None:
     # Imported for their side effect: each module adds its commands to ``app``.
-    from pollinate.simulations.commands import audit, centralized, data, simulate  # noqa: F401
+    from pollinate.simulations.commands import (  # noqa: F401
+        audit,
+        centralized,
+        certs,
+        data,
+        demo,
+        device,
+        recipes,
+        server,
+        simulate,
+        sweep,
+    )
 
 
 _register()
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    # Run as ``python -m pollinate.simulations.cli``: the commands registered themselves
+    # on the imported module's ``app``, not on this ``__main__`` copy.
+    from pollinate.simulations.cli import app as registered
+
+    registered()
