@@ -116,3 +116,21 @@ def test_the_auditor_can_point_the_run_at_its_data_elsewhere(tmp_path: Path) -> 
     assert run_config(tmp_path).dataset == "/gone/ratings.csv"
     with pytest.raises(PollinateError, match="data-location"):
         run_config(tmp_path, {"dp": "none"})
+
+
+def test_a_run_with_held_out_users_but_no_kept_uploads_reports_the_server_attack_not_run(
+    tmp_path: Path,
+) -> None:
+    """A run made with --audit-holdout only: the server attack says why it did not run."""
+    import json
+
+    from pollinate.audit.membership import membership_blocks
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({"dataset": "synthetic", "synthetic-users": 50, "synthetic-items": 20})
+    )
+    Holdout.draw(0.2, 50, np.random.default_rng(0)).save(tmp_path)
+    blocks = membership_blocks(tmp_path, {})
+    assert blocks["server"]["auc"] is None
+    assert "kept no uploads" in blocks["server"]["status"]
+    assert blocks["release"]["status"].startswith("not run")  # no released model either

@@ -35,6 +35,7 @@ from scipy.stats import rankdata
 from pollinate.client.device_data import DeviceIndex, with_validation_in_training
 from pollinate.server.audit_material import Holdout, load_uploads
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import PollinateError
 from pollinate.simulations.oracle import run_config, run_device, run_devices
 
 #: The FPR grid on which ROC curves are stored (log-spaced, then linear to 1).
@@ -246,7 +247,7 @@ def membership_blocks(
         block["uploads"] = uploads
         block["status"] = "run: " + SERVER_METHOD
         out["server"] = block
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, PollinateError) as exc:
         out["server"] = _not_run(f"not run: {exc}")
     try:
         with np.load(run_dir / "global_params.npz") as saved:
@@ -255,7 +256,7 @@ def membership_blocks(
         block = summarize(scores, labels, claimed.get("release"))
         block["status"] = "run: " + RELEASE_METHOD
         out["release"] = block
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, PollinateError) as exc:
         out["release"] = _not_run(f"not run: {exc}")
     return out
 
