@@ -46,6 +46,15 @@ def test_roc_of_a_small_example() -> None:
     assert auc(scores, labels) == pytest.approx(pairwise_auc(scores, labels))
 
 
+def test_the_auc_standard_error_follows_hanley_and_mcneil() -> None:
+    from pollinate.audit.membership import auc_standard_error
+
+    assert auc_standard_error(1.0, 50, 50) == 0.0
+    # Worked by hand: A = 0.5, 100 and 100: Q1 = 1/3, Q2 = 1/3.
+    expected = math.sqrt((0.25 + 99 * (1 / 3 - 0.25) * 2) / 10_000)
+    assert auc_standard_error(0.5, 100, 100) == pytest.approx(expected)
+
+
 def test_perfect_and_useless_attacks() -> None:
     labels = np.array([True] * 50 + [False] * 50)
     perfect = summarize(np.r_[np.ones(50), np.zeros(50)], labels, None)

@@ -369,13 +369,13 @@ def render_html(report: Mapping[str, Any]) -> str:
         ),
     )  # fmt: skip
     mia = _table(
-        ["threat model", "defended by", "AUC", "TPR at 1% FPR", "under the (ε, δ) curve",
-         "baseline AUC", "baseline TPR at 1% FPR", "status"],
+        ["threat model", "defended by", "AUC ± standard error", "TPR at 1% FPR",
+         "under the (ε, δ) curve", "baseline AUC", "baseline TPR at 1% FPR", "status"],
         (
             [
                 _e(n),
                 _e(v.get("defended_by")),
-                _e(v["auc"]),
+                _e(v["auc"]) + (f" ± {v['auc_se']:.3f}" if v.get("auc_se") is not None else ""),
                 _e(v["tpr_at_1pct_fpr"]),
                 _e(v.get("under_bound")),
                 _e((v.get("baseline") or {}).get("auc")),

@@ -72,6 +72,15 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+def auc_standard_error(a: float, members: int, non_members: int) -> float:
+    """The AUC's standard error (Hanley and McNeil 1982), to judge a figure near 0.5."""
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (members - 1) * (q1 - a * a) + (non_members - 1) * (q2 - a * a)) / (
+        members * non_members
+    )
+    return math.sqrt(max(var, 0.0))
+
+
 def tpr_at(fpr: np.ndarray, tpr: np.ndarray, target: float) -> float:
     """The best TPR among thresholds whose FPR is at most ``target``."""
     ok = fpr <= target + 1e-12
@@ -131,7 +140,8 @@ def summarize(
     curve = on_grid(fpr, tpr)
     members, non_members = int(np.sum(labels)), int(np.sum(~np.asarray(labels, bool)))
     block: dict[str, Any] = {
-        "auc": auc(scores, labels),
+        "auc": (a := auc(scores, labels)),
+        "auc_se": auc_standard_error(a, members, non_members),
         "tpr_at_1pct_fpr": tpr_at(fpr, tpr, 0.01),
         "members": members,
         "non_members": non_members,
