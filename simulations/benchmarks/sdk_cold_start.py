@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from pollinate.shared.catalogue import Catalogue
 from pollinate.client.recommend import recommend
 from pollinate.client.store import Event, GlobalModel
+from pollinate.shared.catalogue import Catalogue
 from pollinate.shared.data import load_dataset
 from pollinate.shared.data.splits import Split
 from pollinate.shared.data.types import Interactions

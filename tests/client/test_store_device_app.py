@@ -14,11 +14,11 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from pollinate.client import Device, DevicePolicy
 from pollinate.client import app as client_app
-from pollinate.shared.catalogue import Catalogue
 from pollinate.client.dp_training import device_epsilon
 from pollinate.client.join import STORE_KEY_FILE_NODE_KEY, STORE_NODE_KEY, node_config
 from pollinate.client.keys import write_key_file
 from pollinate.server.federation import DEVICE_KEYS, initial_global_state
+from pollinate.shared.catalogue import Catalogue
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.tasks import catalog_of, load_task
 from pollinate.shared.wire import (

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollinate.shared.catalogue import Catalogue
 from pollinate.client.keys import new_key
+from pollinate.shared.catalogue import Catalogue
 
 GENRES = ("Action", "Comedy", "Drama", "Horror")
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollinate.shared.catalogue import Catalogue
 from pollinate.client.recommend import (
     ColdStartScorer,
     MFScorer,
@@ -19,6 +18,7 @@ from pollinate.client.recommend import (
     scorer_for,
 )
 from pollinate.client.store import Event, GlobalModel
+from pollinate.shared.catalogue import Catalogue
 
 from .conftest import make_catalogue, make_mf
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pollinate.shared.catalogue import Catalogue
 from pollinate.client.keys import (
     KdfParams,
     StoreError,
@@ -30,6 +29,7 @@ from pollinate.client.keys import (
 from pollinate.client.local_state import DiskStateStore, StateStoreError
 from pollinate.client.policy import DevicePolicy
 from pollinate.client.store import EncryptedStore, StoreIntegrityError
+from pollinate.shared.catalogue import Catalogue
 from pollinate.shared.privacy.ledger import LedgerEvent, local_event
 
 FAST_KDF = KdfParams(memory_kib=1024, iterations=1, lanes=1)
