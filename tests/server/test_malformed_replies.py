@@ -333,3 +333,33 @@ def test_malformed_evaluation_replies_are_rejected_and_the_rest_summed(
     n_bad = sum(1 for what, _ in replies if what == "malformed")
     assert sum(ev.rejected_reasons.values()) == n_bad
     assert sum(ev.refused.values()) == sum(1 for what, _ in replies if what == "refusal")
+
+
+class CrashingGrid(FakeGrid):
+    """Node 2's ClientApp fails: Flower hands back an error reply in its place."""
+
+    def send_and_receive(self, messages: Iterable[Message], **_: object) -> list[Message]:
+        from flwr.app import Error
+
+        out = []
+        for msg in messages:
+            if msg.metadata.dst_node_id == 2:
+                out.append(Message(Error(code=3, reason="ClientApp crashed"), reply_to=msg))
+            else:
+                out.extend(super().send_and_receive([msg]))
+        return out
+
+
+def test_a_failed_device_is_counted_and_named_with_flowers_reason(tmp_path: Path) -> None:
+    builds = {1: valid("none", 0.1), 2: valid("none", 0.1), 3: valid("none", 0.1)}
+    server = server_for("none", builds, tmp_path, 3)
+    server.grid = CrashingGrid(builds)  # type: ignore[assignment]
+    log = tmp_path / "messages.jsonl"
+    result = server.train_round(1, [1, 2, 3], JsonlWriter(log))
+    assert result.failed == 1 and result.aggregated == 2
+    import json
+
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    (failed,) = [e for e in entries if e.get("verdict") == "failed"]
+    assert failed["node"] == 2 and failed["kind"] == "train"
+    assert "ClientApp crashed" in failed["reason"] and "code 3" in failed["reason"]

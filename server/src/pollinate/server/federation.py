@@ -352,10 +352,17 @@ class Server:
             log.write(message_entry(round_, "down", node, kind, content))
         replies = list(self.grid.send_and_receive(messages))
         for reply in replies:
+            node = reply.metadata.src_node_id
             if not reply.has_error():
-                log.write(
-                    message_entry(round_, "up", reply.metadata.src_node_id, kind, reply.content)
-                )
+                log.write(message_entry(round_, "up", node, kind, reply.content))
+                continue
+            # A device that failed (crashed, dropped out, timed out) is named with Flower's
+            # reason, so that an operator sees why a round was short.
+            error = reply.error
+            reason = f"code {error.code}: {error.reason}"[:500]
+            log.write(verdict_entry(round_, node, kind, "failed", reason))
+            logger.warning("round %d: the %s request to node %d failed (%s)", round_, kind,
+                           node, reason)  # fmt: skip
         return replies
 
     def round_sum(self) -> UpdateSum:
