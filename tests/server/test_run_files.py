@@ -177,3 +177,9 @@ def test_the_public_config_names_an_own_data_file_without_its_local_path() -> No
     public = public_config(cfg)
     assert public["dataset"] == "ratings.csv"
     assert "/home/someone" not in str(public)
+
+
+def test_a_run_without_dp_has_an_empty_ledger(tmp_path: Path) -> None:
+    """Every run has a ledger; without DP nothing it released is accounted in it."""
+    run(tmp_path, dp="none")
+    assert (tmp_path / "ledger.jsonl").read_text() == ""

@@ -564,6 +564,10 @@ class Server:
         if keep is None and self.ledger_path.exists():
             # A new run in an old directory: keep the old ledger beside, untouched.
             self.ledger_path.rename(self.run_dir / f"ledger.before-{time.time_ns()}.jsonl")
+        if keep is None:
+            # Every run has a ledger; a run without DP leaves it empty: nothing it released
+            # is accounted (the audit calls it not-private).
+            self.ledger_path.touch()
         if keep is None and self.canaries is not None:
             self.canaries.save(self.run_dir, self.params)
         if keep is None and cfg.audit_canaries:
