@@ -251,8 +251,9 @@ def test_malformed_replies_and_refusals_are_counted_by_reason_and_logged(tmp_pat
         np.testing.assert_allclose(v, before[k] + 0.3, rtol=1e-6)
     lines = [json.loads(x) for x in (tmp_path / "messages.jsonl").read_text().splitlines()]
     verdicts = {e["node"]: e for e in lines if e["direction"] == "verdict"}
-    assert sorted(verdicts) == [2, 3, 4, 5, 6, 7, 8]
+    assert sorted(verdicts) == [2, 3, 4, 5, 6, 7, 8, 9]
     assert verdicts[3]["verdict"] == "refused" and verdicts[3]["reason"] == "budget"
+    assert verdicts[9]["verdict"] == "failed" and "device crashed" in verdicts[9]["reason"]
     assert verdicts[6]["verdict"] == "rejected" and "num-examples" in verdicts[6]["detail"]
 
 
