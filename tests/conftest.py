@@ -44,3 +44,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         long = item.get_closest_marker("slow") or item.get_closest_marker("ray")
         if long and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture
+def chromium() -> tuple[str, str]:
+    """Paths of Debian's headless Chromium and its driver, for the ``browser`` tests:
+    skipped with the reason when they are missing, failed under CI (which installs them)."""
+    import os
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver") or shutil.which("chromium-driver")
+    if browser is None or driver is None:
+        message = (
+            "Debian's chromium and chromium-driver are not installed (make test installs them)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs them: their absence is a failure there
+        pytest.skip(message)
+    return browser, driver

@@ -6,8 +6,6 @@ under ``runs/test-artifacts/`` for a person to look at."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +17,6 @@ from pollinate.simulations.engine import run_federation
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"
-
-
-def chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or shutil.which("chromium-driver")
-    if browser is None or driver is None:
-        message = (
-            "Debian's chromium and chromium-driver are not installed (make test installs them)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)  # CI installs them: their absence is a failure there
-        pytest.skip(message)
-    return browser, driver
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +36,13 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, An
 
 
 def test_the_report_page_shows_its_headline_and_fetches_nothing(
-    report: tuple[Path, dict[str, Any]],
+    report: tuple[Path, dict[str, Any]], chromium: tuple[str, str]
 ) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    browser, driver_path = chromium()
+    browser, driver_path = chromium
     html_path, data = report
     options = webdriver.ChromeOptions()
     options.binary_location = browser

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import socket
 import threading
 import time
@@ -39,19 +37,6 @@ def _edge_app() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or shutil.which("chromium-driver")
-    if browser is None or driver is None:
-        message = (
-            "Debian's chromium and chromium-driver are not installed (make test installs them)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return browser, driver
 
 
 @pytest.fixture
@@ -105,7 +90,9 @@ def _texts(driver: Any, css: str) -> list[str]:
     return out
 
 
-def test_record_recommend_explain_forget_in_chromium(server: tuple[str, Device]) -> None:
+def test_record_recommend_explain_forget_in_chromium(
+    server: tuple[str, Device], chromium: tuple[str, str]
+) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -113,7 +100,7 @@ def test_record_recommend_explain_forget_in_chromium(server: tuple[str, Device])
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, device = server
-    browser, driver_path = chromium()
+    browser, driver_path = chromium
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,1200",
