@@ -16,7 +16,7 @@ from pollinate.client.device_data import DeviceData, DeviceIndex
 from pollinate.client.training import LocalTrainConfig, local_steps, sgd_groups, train_device
 from pollinate.server.federation import DEVICE_KEYS
 from pollinate.shared.config import FederationConfig
-from pollinate.shared.errors import ConfigError
+from pollinate.shared.errors import ConfigError, ModelError
 from pollinate.shared.models.base import RecModel, build_model
 from pollinate.shared.tasks import load_task
 
@@ -335,3 +335,30 @@ def test_the_step_cap_reaches_the_device_from_the_run_config() -> None:
     assert train_config({**device_cfg, "max-local-steps": None}).max_steps is None
     with pytest.raises(ConfigError, match=r"max.local.steps"):
         FederationConfig.from_mapping({"max-local-steps": 0})
+
+
+def test_the_layout_loads_global_state_as_the_model_does(ranking: DeviceIndex) -> None:
+    """``Layout.load_global`` (each message's load) equals ``RecModel.load_global_state``
+    and refuses the same wrong names and shapes."""
+    device = ranking.device(0)
+    state = {k: v + 0.5 for k, v in interest_for(device).global_state().items()}
+    by_model, by_layout = interest_for(device), interest_for(device)
+    by_model.load_global_state(state)
+    training.layout(by_layout).load_global(state)
+    for name, value in by_model.global_state().items():
+        assert np.array_equal(value, by_layout.global_state()[name])
+    lay = training.layout(by_layout)
+    first = lay.global_[0]
+    with pytest.raises(ModelError, match="do not match"):
+        lay.load_global({k: v for k, v in state.items() if k != first})
+    with pytest.raises(ModelError, match="has shape"):
+        lay.load_global({**state, first: np.zeros((1, 1), dtype=np.float32)})
+
+
+def test_a_device_is_cut_once_and_its_rows_are_read_only(ranking: DeviceIndex) -> None:
+    first, again = ranking.device(5), ranking.device(5)
+    assert first is again
+    with pytest.raises(ValueError, match="read-only"):
+        first.data.items[0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        first.split.train[0] = 1

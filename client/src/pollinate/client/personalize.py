@@ -130,13 +130,15 @@ def refit_private(model: RecModel, device: DeviceData, reg: float) -> None:
     data, rows = device.data, device.split.train
     if data.ratings is None:
         raise ConfigError("the private refit needs explicit ratings")
-    items = torch.as_tensor(data.items[rows], dtype=torch.long)
-    vectors = model.item_factors.weight[items].double().numpy()
-    offset = model.item_bias.weight[items, 0].double() + model.global_bias.weight[0, 0].double()
-    targets = np.asarray(data.ratings[rows], dtype=np.float64) - offset.numpy()
+    items = np.asarray(data.items[rows], dtype=np.int64)
+    # numpy views of the tables (no autograd on this path): the same float64 arithmetic.
+    vectors = model.item_factors.weight.detach().numpy()[items].astype(np.float64)
+    mu = np.float64(model.global_bias.weight.detach().numpy()[0, 0])
+    offset = model.item_bias.weight.detach().numpy()[items, 0].astype(np.float64) + mu
+    targets = np.asarray(data.ratings[rows], dtype=np.float64) - offset
     bias, vector = ridge_user_fit(vectors, targets, reg)
-    model.user_bias.weight[0, 0] = bias
-    model.user_factors.weight[0] = torch.as_tensor(vector, dtype=model.user_factors.weight.dtype)
+    model.user_bias.weight.detach().numpy()[0, 0] = bias
+    model.user_factors.weight.detach().numpy()[0] = vector
 
 
 def _refit_ranking(model: BiasedMF, device: DeviceData, reg: float) -> None:

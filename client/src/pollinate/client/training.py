@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pollinate.client import mf_sgd
 from pollinate.client.device_data import DeviceData
 from pollinate.client.personalize import refit_private
-from pollinate.shared.errors import TrainingDivergedError
+from pollinate.shared.errors import ModelError, TrainingDivergedError
 from pollinate.shared.models.base import RecModel
+from pollinate.shared.models.mf import BiasedMF
 from pollinate.shared.training.examples import build_examples, n_examples, take
 from pollinate.shared.training.losses import get_loss
 
@@ -84,6 +86,22 @@ class Layout:
     def local_state(self) -> dict[str, np.ndarray]:
         """Copies of the private parameters."""
         return {n: self.params[n].detach().numpy().copy() for n in self.local}
+
+    def load_global(self, state: Mapping[str, np.ndarray]) -> None:
+        """What :meth:`RecModel.load_global_state` does (names and shapes must match
+        exactly), without walking the module tree for every device."""
+        if len(state) != len(self.global_) or not set(state) == set(self.global_):
+            raise ModelError(
+                f"global state keys {sorted(state)} do not match the model's {sorted(self.global_)}"
+            )
+        for n, value in state.items():
+            target = self.params[n].detach().numpy()
+            if value.shape != target.shape:
+                raise ModelError(
+                    f"global parameter {n!r} has shape {tuple(value.shape)}, "
+                    f"expected {tuple(target.shape)}"
+                )
+            np.copyto(target, value, casting="unsafe")
 
 
 _LAYOUTS: weakref.WeakKeyDictionary[RecModel, Layout] = weakref.WeakKeyDictionary()
@@ -279,6 +297,28 @@ def train_device(
     if cfg.private_refit is not None:
         refit_private(model, device, cfg.private_refit)
     lay = layout(model)
+    n = len(device.split.train)
+    steps = local_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps)
+    if isinstance(model, BiasedMF) and mf_sgd.applies(model, device, cfg):
+        # The same steps as autograd_steps, without building a graph per step.
+        update, total, count = mf_sgd.train_steps(model, device, cfg, generator, steps,
+                                                  lay.global_)  # fmt: skip
+    else:
+        update, total, count = autograd_steps(model, device, cfg, generator, steps)
+    check_finite(model, update)
+    return TrainOutcome(update, total / max(count, 1), n, time.perf_counter() - t0)
+
+
+def autograd_steps(
+    model: RecModel,
+    device: DeviceData,
+    cfg: LocalTrainConfig,
+    generator: torch.Generator,
+    steps: int,
+) -> tuple[dict[str, np.ndarray], float, int]:
+    """Take ``steps`` optimizer steps through torch's autograd (any model, loss and
+    optimizer); return the global-parameter update, the summed loss and its examples."""
+    lay = layout(model)
     before = lay.global_state()
     examples = build_examples(
         device.data, device.split.train, history_len=getattr(model, "history_len", cfg.history_len)
@@ -289,7 +329,7 @@ def train_device(
     encoder = [lay.params[k] for k in lay.encoder]
     model.train()
     total, count = 0.0, 0
-    steps_left = local_steps(n, cfg.batch_size, cfg.epochs, cfg.max_steps)
+    steps_left = steps
     with seeded_global_rng(generator):
         for _ in range(cfg.epochs):
             if steps_left == 0:
@@ -309,9 +349,7 @@ def train_device(
                 total += float(losses.detach().sum())
                 count += len(losses)
     after = lay.global_state()
-    update = {k: after[k] - before[k] for k in before}
-    check_finite(model, update)
-    return TrainOutcome(update, total / max(count, 1), n, time.perf_counter() - t0)
+    return {k: after[k] - before[k] for k in before}, total, count
 
 
 def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
@@ -322,7 +360,7 @@ def check_finite(model: RecModel, update: dict[str, np.ndarray]) -> None:
     """
     lay = layout(model)
     bad = [k for k, v in update.items() if not np.isfinite(v).all()]
-    bad += [k for k in lay.local if not torch.isfinite(lay.params[k]).all()]
+    bad += [k for k in lay.local if not np.isfinite(lay.params[k].detach().numpy()).all()]
     if bad:
         raise TrainingDivergedError(
             f"local training diverged: non-finite values in {', '.join(sorted(bad))}; "

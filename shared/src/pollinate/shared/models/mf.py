@@ -65,6 +65,7 @@ class BiasedMF(RecModel):
         self.n_users = n_users
         self.n_items = n_items
         self.dim = dim
+        self.init_std = init_std
         #: MF ignores the behaviour sequence; builders may skip the history.
         self.history_len = 0
         self.user_factors = nn.Embedding(n_users, dim)
@@ -79,6 +80,26 @@ class BiasedMF(RecModel):
             self.item_bias.weight.zero_()
             self.global_bias.weight.fill_(float(global_mean))
         self.global_bias.weight.requires_grad_(learn_global_mean)
+
+    def draw_private_state(self) -> dict[str, np.ndarray]:
+        """The private parameters that ``__init__`` of a one-user model with this catalogue
+        draws from torch's global RNG, without building the model.
+
+        ``__init__`` draws, in order: each ``nn.Embedding``'s default N(0, 1)
+        initialisation (user factors, user bias, item factors, item bias, global bias),
+        then the user factors, then the item factors. Drawing the same sizes in the same
+        order leaves the generator where ``__init__`` has it when it draws the user
+        factors (pinned against a built model by a test); what it draws after them
+        cannot change them. A device thus gets its initial state without a module tree.
+        """
+        for size in (self.dim, 1, self.n_items * self.dim, self.n_items, 1):
+            torch.empty(size).normal_()
+        factors = torch.empty(1, self.dim)
+        nn.init.normal_(factors, std=self.init_std)
+        return {
+            "user_factors.weight": factors.numpy(),
+            "user_bias.weight": np.zeros((1, 1), dtype=np.float32),
+        }
 
     def _user_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         user = batch["user"]
