@@ -252,11 +252,23 @@ def _reused_model(config: Mapping[str, Any], device: DeviceData) -> RecModel:
     return model
 
 
+def warm_up(config: Mapping[str, Any], context: Context) -> None:
+    """Load what every message of a simulated device's process needs (the dataset's
+    partition into devices, the shared model and its layout) ahead of the first one."""
+    layout(_reused_model(config, simulated_device(config, context)))
+
+
 def fresh_private_state(
     config: Mapping[str, Any], device: DeviceData, partition: int
 ) -> dict[str, np.ndarray]:
     """The private parameters of simulated device ``partition`` before it ever trained."""
-    return _local_state(fresh_model(config, device, partition))
+    draw = getattr(_reused_model(config, device), "draw_private_state", None)
+    if draw is None:
+        return _local_state(fresh_model(config, device, partition))
+    # What fresh_model's private parameters are, without building its item table.
+    init = device_generator(config, 0, partition, salt=2)
+    with seeded_cpu_rng(int(torch.randint(0, 2**62, (1,), generator=init))):
+        return dict(draw())
 
 
 def device_model(
@@ -269,8 +281,8 @@ def device_model(
     """The device's model for one message: the received global parameters and its private
     ones (``None``: those of a device that never trained, :func:`fresh_private_state`)."""
     model = _reused_model(config, device)
-    model.load_global_state(global_state)
     lay = layout(model)
+    lay.load_global(global_state)
     if private is None or set(lay.local) - set(private):
         private = {**fresh_private_state(config, device, partition), **(private or {})}
     params = lay.params

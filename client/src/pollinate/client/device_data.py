@@ -31,15 +31,28 @@ class DeviceData:
 class DeviceIndex:
     """Cuts one-user :class:`DeviceData` out of a whole dataset (the simulation source)."""
 
+    #: Devices kept once cut out (a process plays the same devices round after round);
+    #: bounded so that a worker of 100,000 devices does not hold a second copy of them all.
+    CACHED_DEVICES = 4096
+
     def __init__(self, task_data: TaskData) -> None:
         self.task_data = task_data
         self.partition = partition_by_user(task_data.data, task_data.split)
+        self._cache: dict[int, DeviceData] = {}
 
     @property
     def n_devices(self) -> int:
         return self.partition.n_devices
 
     def device(self, user: int) -> DeviceData:
+        found = self._cache.get(user)
+        if found is None:
+            found = self._cut(user)
+            if len(self._cache) < self.CACHED_DEVICES:
+                self._cache[user] = found
+        return found
+
+    def _cut(self, user: int) -> DeviceData:
         data = self.task_data.data
         if not 0 <= user < data.n_users:
             raise ConfigError(
@@ -60,6 +73,10 @@ class DeviceIndex:
             valid=np.arange(n_tr, n_tr + n_va),
             test=np.arange(n_tr + n_va, len(rows)),
         )
+        for part in (one.users, one.items, one.ratings, one.timestamps, split.train,
+                     split.valid, split.test):  # fmt: skip
+            if isinstance(part, np.ndarray):
+                part.flags.writeable = False  # shared by every message of this device
         return DeviceData(one, split, self.task_data.task)
 
 

@@ -25,7 +25,7 @@ def row_density(value: np.ndarray) -> float | None:
         return None
     if value.ndim != 2 or value.shape[0] == 0:
         return None
-    return float(np.count_nonzero(np.any(value != 0, axis=1)) / value.shape[0])
+    return float(np.count_nonzero(value.any(axis=1)) / value.shape[0])
 
 
 def message_entry(

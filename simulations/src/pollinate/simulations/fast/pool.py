@@ -43,8 +43,8 @@ def _worker_class() -> Any:
         def ready(self) -> tuple[int, str]:
             return os.getpid(), ray.get_runtime_context().get_node_id()
 
-        def enroll(self) -> list[int]:
-            return self.shard.enroll()
+        def enroll(self, config: dict[str, Any] | None = None) -> list[int]:
+            return self.shard.enroll(config)
 
         def train(
             self, round_: int, params: Arrays, config: dict[str, Any], parts: list[int]
@@ -116,10 +116,13 @@ class ShardPool:
             by_shard.setdefault(self.owner[node], []).append(node)
         return by_shard
 
-    def enroll(self) -> list[int]:
+    def enroll(self, config: dict[str, Any] | None = None) -> list[int]:
+        """Every device's key; with the round ``config``, each shard also loads its
+        devices' data and builds its model (see :meth:`Shard.enroll`)."""
         import ray
 
-        return [k for keys in ray.get([w.enroll.remote() for w in self.workers]) for k in keys]
+        calls = [w.enroll.remote(config) for w in self.workers]
+        return [k for keys in ray.get(calls) for k in keys]
 
     def train(
         self, round_: int, params: Arrays, config: dict[str, Any], nodes: Sequence[int]

@@ -97,7 +97,7 @@ class FastServer(Server):
 
     def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
         self._log_down(0, nodes, "enroll", {}, log)
-        keys = self.pool.enroll()
+        keys = self.pool.enroll(dict(self.device_config, round=0))
         for key in keys:
             content = RecordDict({METRICS_RECORD: MetricRecord({"device-key": key})})
             log.write(message_entry(0, "up", key, "enroll", content))

@@ -167,11 +167,19 @@ class Shard:
         if stray:
             raise PollinateError(f"devices {stray[:5]} are not in this shard")
 
-    def enroll(self) -> list[int]:
-        """Every device's key (the partition-id of a simulated device)."""
-        from pollinate.client.app import device_key
+    def enroll(self, config: dict[str, Any] | None = None) -> list[int]:
+        """Every device's key (the partition-id of a simulated device).
 
-        return [device_key(self._context(p)) for p in sorted(self.partitions)]
+        With the run's device ``config``, the shard also loads the dataset's partition
+        and builds the model its devices share, as a Flower worker process does on its
+        first message: once, at enrolment, instead of inside the first round.
+        """
+        from pollinate.client.app import device_key, warm_up
+
+        keys = [device_key(self._context(p)) for p in sorted(self.partitions)]
+        if config is not None and keys:
+            warm_up(config, self._context(min(self.partitions)))
+        return keys
 
     def _check(
         self,
