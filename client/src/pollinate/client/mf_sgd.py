@@ -81,7 +81,7 @@ def train_steps(
     lr_g, lr_l = np.float32(cfg.lr_global), np.float32(cfg.lr_local)
     wd = np.float32(cfg.private_weight_decay)
     two = np.float32(2.0)
-    total, count = np.float32(0.0), 0
+    total, count = 0.0, 0  # a float64 sum of float32 batch sums, as train_device's
     # train_device seeds torch's global RNG from the generator first (dropout masks).
     torch.randint(0, 2**62, (1,), generator=generator)
     for _ in range(cfg.epochs):
@@ -100,7 +100,7 @@ def train_steps(
             if cfg.reg:
                 pen = (p @ p + bu[0] * bu[0]) + ((q * q).sum(-1) + b * b)
                 loss = loss + np.float32(cfg.reg) * pen
-            total += loss.sum(dtype=np.float32)
+            total += float(loss.sum(dtype=np.float32))
             count += len(idx)
             g = two * err  # d loss_i / d score_i
             k = np.float32(len(idx))
@@ -136,4 +136,4 @@ def train_steps(
         "global_bias.weight": MU - mu_before,
     }
     # In the order (and with the names) of the model's global parameters.
-    return {k: moved[k] for k in global_names}, float(total), count
+    return {k: moved[k] for k in global_names}, total, count
