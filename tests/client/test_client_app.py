@@ -326,3 +326,22 @@ def test_train_on_validation_adds_the_validation_row_and_leaves_the_test_unchang
     assert sums[True] == sums[False] and sums[True]["count"] == 1
     reply = client_app.evaluate(message("evaluate", 0, tov, part="valid"), context(4))
     assert reply.content.metric_records["metrics"]["count"] == 0
+
+
+@pytest.mark.parametrize("model", ["mf", "interest"])
+def test_a_new_device_starts_from_the_private_state_of_its_built_model(model: str) -> None:
+    """``fresh_private_state`` (drawn without building a model where the model can) is
+    the private state of the model ``fresh_model`` builds for that device."""
+    cfg = CFG.model_copy(update={"model": model, "task": "ranking" if model == "interest"
+                                 else "rating"})  # fmt: skip
+    flat = cfg.to_flat()
+    config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    index = DeviceIndex(load_task(cfg.dataset, task=cfg.task, seed=cfg.seed,
+                                  synthetic_users=60, synthetic_items=40))  # fmt: skip
+    for partition in (0, 7, 59):
+        device = index.device(partition)
+        drawn = client_app.fresh_private_state(config, device, partition)
+        built = dict(client_app.fresh_model(config, device, partition).named_parameters())
+        assert drawn.keys() == {k for k in built if k.startswith(("user_",))}
+        for name, value in drawn.items():
+            assert np.array_equal(value, built[name].detach().numpy()), (model, name)
