@@ -143,3 +143,25 @@ def test_plain_sgd_steps_exactly_as_torch_sgd() -> None:
     # Not vacuous: the private and global parameters both moved.
     for name in ("user_factors.weight", "item_factors.weight", "item_bias.weight"):
         assert not torch.equal(dict(ours.named_parameters())[name], start[name]), name
+
+
+def test_enrolment_with_the_round_config_loads_the_data_and_model_first(tmp_path: Path) -> None:
+    """A shard enrolled with the run's device config has the dataset's partition and the
+    shared model ready, so its first training round builds neither."""
+    from pollinate.client import app as client_app
+    from pollinate.server.federation import DEVICE_KEYS
+
+    cfg = FederationConfig.from_mapping(
+        {"dataset": "synthetic", "synthetic-users": 60, "synthetic-items": 40,
+         "out": str(tmp_path)}
+    )  # fmt: skip
+    shard = Shard(ShardSpec((0, 1, 2), replace(simulation_policy(cfg), run_ledger=None), SPEC,
+                            "none", "rating", False, None, "equal"))  # fmt: skip
+    flat = cfg.to_flat()
+    config = {k: flat[k] for k in DEVICE_KEYS if flat.get(k) is not None}
+    client_app._MODELS.clear()
+    client_app._device_index.cache_clear()
+    assert shard.enroll() == [0, 1, 2]
+    assert not client_app._MODELS and client_app._device_index.cache_info().currsize == 0
+    assert shard.enroll(dict(config, round=0)) == [0, 1, 2]
+    assert len(client_app._MODELS) == 1 and client_app._device_index.cache_info().currsize == 1
