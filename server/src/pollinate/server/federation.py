@@ -102,6 +102,12 @@ class FederationError(PollinateError):
     """The federation cannot go on (too few devices, every reply failed, ...)."""
 
 
+def no_examples_entry(round_: int, node: int) -> dict[str, Any]:
+    """The log line of a reply rejected because it has no examples to weight it by."""
+    return verdict_entry(round_, node, "train", "rejected", "no-examples",
+                         "an update of no examples cannot be weighted")  # fmt: skip
+
+
 def _count(counter: dict[str, int], key: str) -> None:
     counter[key] = counter.get(key, 0) + 1
 
@@ -124,6 +130,29 @@ class RoundResult:
     user_epsilon: float | None = None
     #: Canary devices that joined the round (audit runs only; operator files).
     canaries: int = 0
+
+    def use(self, got: Reply, total: UpdateSum, aggregation: str) -> str | None:
+        """Count a checked training reply and add its update to ``total``; return the
+        verdict reason when it cannot be used (``"dp-stopped"``: it carries no update;
+        ``"no-examples"``: nothing to weight it by), else ``None``. The Flower server and
+        the fast engine's shards both call it, so they treat a reply alike."""
+        metrics = got.metrics
+        if "local-epsilon" in metrics:
+            self.local_epsilons.append(float(metrics["local-epsilon"]))
+        if got.update is None:
+            self.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
+            return "dp-stopped"
+        examples = int(metrics.get("num-examples", 0))
+        if aggregation == "examples" and examples < 1:
+            _count(self.rejected_reasons, "no-examples")
+            return "no-examples"
+        total.add(got.update, float(examples) if aggregation == "examples" else 1.0)
+        self.aggregated += 1
+        if "train-loss" in metrics:
+            self.losses.append(float(metrics["train-loss"]))
+        self.examples += examples
+        self.device_seconds += float(metrics.get("train-seconds", 0.0))
+        return None
 
 
 @dataclass
@@ -421,32 +450,15 @@ class Server:
             got = self._check(reply, round_, "train", log, result.rejected_reasons, result.refused)
             if got is None:
                 continue
-            metrics = got.metrics
-            if "local-epsilon" in metrics:
-                result.local_epsilons.append(float(metrics["local-epsilon"]))
-            if got.update is None:
-                result.dp_stopped += 1  # check_incoming allows this only with dp-stopped=1
+            unused = result.use(got, total, self.cfg.aggregation)
+            if unused == "no-examples":
+                log.write(no_examples_entry(round_, reply.metadata.src_node_id))
+            if unused is not None:
                 continue
-            examples = int(metrics.get("num-examples", 0))
-            if self.cfg.aggregation == "examples" and examples < 1:
-                # Nothing to weight by: an update of no data.
-                _count(result.rejected_reasons, "no-examples")
-                log.write(
-                    verdict_entry(round_, reply.metadata.src_node_id, "train", "rejected",
-                                  "no-examples", "an update of no examples cannot be weighted")
-                )  # fmt: skip
-                continue
-            weight = float(examples) if self.cfg.aggregation == "examples" else 1.0
-            total.add(got.update, weight)
             if self.probe is not None:
                 key = self.device_keys.get(reply.metadata.src_node_id)
-                if key is not None:
+                if key is not None and got.update is not None:
                     self.probe.record(round_, key, got.update)
-            result.aggregated += 1
-            if "train-loss" in metrics:
-                result.losses.append(float(metrics["train-loss"]))
-            result.examples += examples
-            result.device_seconds += float(metrics.get("train-seconds", 0.0))
         result.rejected = sum(result.rejected_reasons.values())
         self.aggregate(round_, result, total)
         return result

@@ -33,7 +33,7 @@ from flwr.app import Context, RecordDict
 from pollinate.client.app import DeviceReply, evaluate_step, train_step
 from pollinate.client.policy import NODE_CONFIG_KEY, DevicePolicy
 from pollinate.server.aggregate import UpdateSum
-from pollinate.server.federation import EvaluationRound, RoundResult
+from pollinate.server.federation import EvaluationRound, RoundResult, no_examples_entry
 from pollinate.server.runlog import row_density, verdict_entry
 from pollinate.server.user_dp import ClippedSum
 from pollinate.shared.errors import PollinateError
@@ -234,26 +234,8 @@ class Shard:
             if got is None:
                 continue
             # What Server.train_round does with an accepted reply.
-            metrics = got.metrics
-            if "local-epsilon" in metrics:
-                result.local_epsilons.append(float(metrics["local-epsilon"]))
-            if got.update is None:
-                result.dp_stopped += 1
-                continue
-            examples = int(metrics.get("num-examples", 0))
-            if s.aggregation == "examples" and examples < 1:
-                _count(result.rejected_reasons, "no-examples")
-                out.entries.append(
-                    verdict_entry(round_, p, "train", "rejected", "no-examples",
-                                  "an update of no examples cannot be weighted")
-                )  # fmt: skip
-                continue
-            total.add(got.update, float(examples) if s.aggregation == "examples" else 1.0)
-            result.aggregated += 1
-            if "train-loss" in metrics:
-                result.losses.append(float(metrics["train-loss"]))
-            result.examples += examples
-            result.device_seconds += float(metrics.get("train-seconds", 0.0))
+            if result.use(got, total, s.aggregation) == "no-examples":
+                out.entries.append(no_examples_entry(round_, p))
         result.rejected = sum(result.rejected_reasons.values())
         out.events = self.events[start:]
         return out
