@@ -29,7 +29,7 @@ from scale import PeakMemory
 
 from pollinate.shared.config import FederationConfig
 from pollinate.simulations.fast import run_fast
-from pollinate.simulations.fast.engine import parse_config_value
+from pollinate.simulations.fast.engine import config_flags
 
 
 def main() -> None:
@@ -49,9 +49,7 @@ def main() -> None:
         "progress": False,
         "seed": 0,
     }
-    it = iter(rest)
-    for flag in it:
-        values[flag.lstrip("-")] = parse_config_value(next(it))
+    values.update(config_flags(rest))
     out = Path(args.out)
     values.update(out=str(out), **{"device-state-dir": str(out / "devices")})
     cfg = FederationConfig.from_mapping(values)

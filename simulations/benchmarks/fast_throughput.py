@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pollinate.shared.config import FederationConfig
-from pollinate.simulations.fast.engine import parse_config_value
+from pollinate.simulations.fast.engine import config_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -145,9 +145,7 @@ def main() -> None:
         "progress": False,
         "seed": 0,
     }
-    it = iter(rest)
-    for flag in it:
-        values[flag.lstrip("-")] = parse_config_value(next(it))
+    values.update(config_flags(rest))
     if values["dataset"] != "synthetic":
         values.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     rows: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from typing import Any
 
 from pollinate.shared.config import FederationConfig
 from pollinate.simulations.fast import run_fast
-from pollinate.simulations.fast.engine import parse_config_value
+from pollinate.simulations.fast.engine import config_flags, parse_config_value
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,9 +37,7 @@ def main() -> None:
         "eval-sample-rate": 1.0,
         "out": f"runs/fast/{os.getpid()}",
     }
-    it = iter(rest)
-    for flag in it:
-        values[flag.lstrip("-")] = parse_config_value(next(it))
+    values.update(config_flags(rest))
     for item in args.set:
         key, _, val = item.partition("=")
         values[key] = parse_config_value(val)

@@ -31,7 +31,7 @@ from pollinate.shared.tasks import catalog_of, load_task_for
 from pollinate.shared.threads import use_one_thread
 from pollinate.shared.wire import spec_of
 from pollinate.simulations.engine import simulation_policy
-from pollinate.simulations.fast.engine import parse_config_value
+from pollinate.simulations.fast.engine import config_flags
 from pollinate.simulations.fast.shard import Shard, ShardSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -46,9 +46,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/shard-step")
     args, rest = parser.parse_known_args()
     values: dict[str, Any] = {"dataset": "ml-100k", "out": args.out, "progress": False}
-    it = iter(rest)
-    for flag in it:
-        values[flag.lstrip("-")] = parse_config_value(next(it))
+    values.update(config_flags(rest))
     if values["dataset"] != "synthetic":
         values.setdefault("data-dir", str(REPO_ROOT.parent / "shared" / "data"))
     use_one_thread()  # as a Ray worker does

@@ -228,3 +228,13 @@ def test_the_fast_engine_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         check_supported(config(tmp_path), resume=True)
     with pytest.raises(FastEngineError, match="--engine flower"):
         check_supported(config(tmp_path, **{"audit-canaries": 10}), resume=False)
+
+
+def test_pass_through_options_come_in_key_value_pairs() -> None:
+    from pollinate.shared.errors import ConfigError
+    from pollinate.simulations.fast.engine import config_flags
+
+    assert config_flags(["--dp", "local", "--local-noise", "1.0", "--rounds", "3"]) == {
+        "dp": "local", "local-noise": 1.0, "rounds": 3}  # fmt: skip
+    with pytest.raises(ConfigError, match="'--rounds' has no value"):
+        config_flags(["--dp", "none", "--rounds"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from pollinate.server.federation import initial_global_state, write_summary
 from pollinate.server.plots import plot_history
 from pollinate.shared.config import FederationConfig
 from pollinate.shared.environment import record_environment
+from pollinate.shared.errors import ConfigError
 from pollinate.shared.tasks import catalog_of, load_task_for
 from pollinate.shared.wire import spec_of
 from pollinate.simulations.engine import simulation_policy
@@ -134,3 +135,12 @@ def parse_config_value(text: str) -> Any:
         except ValueError:
             pass
     return None if text == "none" else text
+
+
+def config_flags(args: Sequence[str]) -> dict[str, Any]:
+    """``--KEY VALUE`` pairs (a benchmark's pass-through ``pollinate simulate`` options) as
+    config values, each parsed by :func:`parse_config_value`."""
+    if len(args) % 2:
+        raise ConfigError(f"options come in --KEY VALUE pairs; {args[-1]!r} has no value")
+    pairs = zip(args[::2], args[1::2], strict=True)
+    return {key.lstrip("-"): parse_config_value(value) for key, value in pairs}
