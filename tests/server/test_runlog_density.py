@@ -22,6 +22,24 @@ def test_row_density_counts_rows_with_any_non_zero() -> None:
     assert row_density({"not": "an array"}) is None  # type: ignore[arg-type]
 
 
+def test_row_density_of_float_tables_matches_any_on_hostile_values() -> None:
+    """The float path (a matrix product) counts exactly the rows ``any`` counts: NaN,
+    infinities, values whose squares or sums overflow, subnormals and -0.0 included."""
+    rng = np.random.default_rng(0)
+    tiny32 = np.finfo(np.float32).smallest_subnormal
+    specials = [np.nan, np.inf, -np.inf, 3e38, -3e38, tiny32, -tiny32, -0.0, 0.0, 1.0]
+    for dtype in (np.float32, np.float64, np.float16):
+        table = np.zeros((200, 7), dtype=dtype)
+        with np.errstate(over="ignore"):  # 3e38 is inf in float16
+            for _ in range(300):
+                table[rng.integers(200), rng.integers(7)] = rng.choice(specials)
+        table[5] = -0.0
+        table[6, :] = np.asarray(tiny32, dtype=dtype)  # float16: underflows to 0
+        expected = np.count_nonzero(table.any(axis=1)) / 200
+        assert row_density(table) == expected, dtype
+    assert row_density(np.zeros((3, 0), dtype=np.float32)) == 0.0
+
+
 def test_up_train_entry_carries_row_density_and_keeps_its_fields() -> None:
     table = np.zeros((4, 2), dtype=np.float32)
     table[0, 0] = 1.0

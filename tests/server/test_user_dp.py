@@ -234,3 +234,11 @@ def test_a_clipped_sum_refuses_weights() -> None:
         total.add({"w": np.array([3.0, 4.0])}, weight=2.0)
     with pytest.raises(ConfigError, match="aggregation equal"):
         FederationConfig.from_mapping({"dp": "user", "user-noise": 1.0, "aggregation": "examples"})
+
+
+def test_a_clipped_sum_clips_by_its_own_norm_not_a_given_one() -> None:
+    """A norm passed in (the sanity check's, for the log) never loosens the clip."""
+    total = ClippedSum({"w": ((2,), "float64")}, clip=1.0)
+    total.add({"w": np.array([3.0, 4.0])}, norm=0.5)  # understated: the clip ignores it
+    assert total.norms == [5.0]
+    np.testing.assert_allclose(total.total["w"], [0.6, 0.8])

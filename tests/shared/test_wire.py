@@ -175,8 +175,10 @@ def test_a_huge_update_norm_is_rejected_on_the_server() -> None:
     assert info.value.reason == "norm"
     # Just under the bound passes: √15 · 258000 ≈ 999,000.
     big = dict(GLOBAL, **{"item_factors.weight": np.full((5, 3), 258_000.0, np.float32)})
-    check_incoming(reply(big), kind="train", spec=SPEC)
+    got = check_incoming(reply(big), kind="train", spec=SPEC)
     assert MAX_UPDATE_NORM == 1e6
+    # The norm the check computed travels with the reply (the run log's update norm).
+    assert got.norm == pytest.approx(np.sqrt(15) * 258_000.0, rel=1e-12)
 
 
 # -- exact metric key sets per DP mode ----------------------------------------------------

@@ -46,11 +46,17 @@ class UpdateSum:
         self.weight = 0.0
         self.norms: list[float] = []
 
-    def add(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
-        """Add one update, counted ``weight`` times in the mean (1: equal weights)."""
+    def add(
+        self, update: Mapping[str, np.ndarray], weight: float = 1.0, norm: float | None = None
+    ) -> None:
+        """Add one update, counted ``weight`` times in the mean (1: equal weights).
+
+        ``norm``: the update's L2 norm if the caller has it (the server's sanity check
+        computes it), so that a dense update is not read a second time for the log.
+        """
         if not (np.isfinite(weight) and weight > 0):
             raise ValueError(f"an update's weight must be finite and positive, got {weight}")
-        self.norms.append(update_norm({n: update[n] for n in self.total}))
+        self.norms.append(update_norm({n: update[n] for n in self.total}) if norm is None else norm)
         self._accumulate(update, weight)
 
     def _accumulate(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:

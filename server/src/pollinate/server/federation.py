@@ -146,7 +146,7 @@ class RoundResult:
         if aggregation == "examples" and examples < 1:
             _count(self.rejected_reasons, "no-examples")
             return "no-examples"
-        total.add(got.update, float(examples) if aggregation == "examples" else 1.0)
+        total.add(got.update, float(examples) if aggregation == "examples" else 1.0, got.norm)
         self.aggregated += 1
         if "train-loss" in metrics:
             self.losses.append(float(metrics["train-loss"]))

@@ -25,6 +25,13 @@ def row_density(value: np.ndarray) -> float | None:
         return None
     if value.ndim != 2 or value.shape[0] == 0:
         return None
+    if value.dtype.kind == "f" and value.shape[1] > 0:
+        # A row is non-zero iff its sum of absolute values is (NaN and inf included; a
+        # sum of positive subnormals is never 0): one matrix product, several times
+        # cheaper than ``any(axis=1)`` over a dense item table.
+        with np.errstate(over="ignore", invalid="ignore"):  # inf or NaN: still non-zero
+            sums = np.abs(value) @ np.ones(value.shape[1], dtype=value.dtype)
+        return float(np.count_nonzero(sums) / value.shape[0])
     return float(np.count_nonzero(value.any(axis=1)) / value.shape[0])
 
 

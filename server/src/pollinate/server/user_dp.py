@@ -63,7 +63,11 @@ class ClippedSum(UpdateSum):
         super().__init__(spec)
         self.clip = clip
 
-    def add(self, update: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
+    def add(
+        self, update: Mapping[str, np.ndarray], weight: float = 1.0, norm: float | None = None
+    ) -> None:
+        """Clip and add one update. ``norm`` is ignored: the sensitivity bound rests on
+        the norm the clip computes itself."""
         if weight != 1.0:
             raise ValueError(
                 "user-level DP sums every clipped update once: a weight would break the "

@@ -152,6 +152,8 @@ class Reply:
     update: dict[str, np.ndarray] | None = None
     #: The metrics, as numbers (ints stay ints: a 63-bit device key must not round).
     metrics: dict[str, int | float] = field(default_factory=dict)
+    #: The update's L2 norm, as the server's sanity check computed it (else None).
+    norm: float | None = None
 
     @property
     def noised(self) -> bool:
@@ -277,7 +279,7 @@ def _decode_record(record: ArrayRecord, spec: ParamSpec, who: str) -> dict[str, 
                 reason="shape" if tuple(arr.shape) != shape else "dtype",
             )
         value = _decode(name, arr, who)
-        if value.shape != shape or str(value.dtype) != dtype:
+        if value.shape != shape or value.dtype != dtype:
             raise AllowListError(
                 f"{who}: array {name!r} declares {arr.dtype}{tuple(arr.shape)} but its payload "
                 f"is {value.dtype}{value.shape}; the allow-list says {dtype}{shape}",
@@ -294,10 +296,10 @@ def _check_arrays(
     *,
     incoming: bool,
     max_norm: float | None,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], float | None]:
     """The allow-list check of an update's decoded arrays: exactly the spec's names, each
     an ndarray of the spec's shape and dtype; on the server also finite, with an L2 norm
-    at most ``max_norm``."""
+    at most ``max_norm``. Returns the arrays and that norm (``None``: not computed)."""
     _check_names(arrays.keys(), spec, who)
     out: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
@@ -307,7 +309,7 @@ def _check_arrays(
                 f"{who}: array {name!r} is a {type(value).__name__}, not a numpy array",
                 reason="decode",
             )
-        if value.shape != shape or str(value.dtype) != dtype:
+        if value.shape != shape or value.dtype != dtype:  # str(dtype) is slow
             raise AllowListError(
                 f"{who}: array {name!r} is {value.dtype}{value.shape}; the allow-list says "
                 f"{dtype}{shape}",
@@ -318,6 +320,7 @@ def _check_arrays(
                 f"incoming update {name!r} has non-finite values", reason="non-finite"
             )
         out[name] = value
+    norm = None
     if incoming and max_norm is not None:
         norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in out.values()))
         if not norm <= max_norm:
@@ -325,7 +328,7 @@ def _check_arrays(
                 f"incoming update has L2 norm {norm:.4g}, above the sanity bound {max_norm:g}",
                 reason="norm",
             )
-    return out
+    return out, norm
 
 
 def _numbers(record: Mapping[str, object], who: str, *, incoming: bool) -> dict[str, int | float]:
@@ -468,6 +471,7 @@ def _check_parts(
     keys = set(metrics)
     exact = dp is not None and metric_keys is None
     checked: dict[str, np.ndarray] | None = None
+    norm: float | None = None
     if kind == "train":
         stopped = "dp-stopped" in metrics and (metrics["dp-stopped"] == 1 or exact)
         if stopped:
@@ -487,7 +491,7 @@ def _check_parts(
                 raise AllowListError(
                     f"{who}: the update must be an ArrayRecord named 'update'", reason="records"
                 )
-            checked = _check_arrays(update(), spec, who, incoming=incoming, max_norm=max_norm)
+            checked, norm = _check_arrays(update(), spec, who, incoming=incoming, max_norm=max_norm)
             options = [train_metric_keys(dp)] if exact else []  # type: ignore[arg-type]
         if not exact:
             options = [TRAIN_METRIC_KEYS if metric_keys is None else metric_keys]
@@ -510,7 +514,7 @@ def _check_parts(
     _check_keys(keys, options, who, exact=exact)
     if incoming:
         _check_values(kind, metrics, who)
-    return Reply(kind, update=checked, metrics=metrics)
+    return Reply(kind, update=checked, metrics=metrics, norm=norm)
 
 
 def check_reply(

@@ -92,7 +92,7 @@ def _count(counter: dict[str, int], key: str) -> None:
 
 
 @lru_cache(maxsize=64)
-def _npy_bytes(shape: tuple[int, ...], dtype: str) -> int:
+def _npy_bytes(shape: tuple[int, ...], dtype: np.dtype[Any]) -> int:
     """Bytes of an array of this shape and dtype as a Flower ``Array`` (``np.save``'s
     output, header included): its size depends on the shape and dtype only."""
     buffer = io.BytesIO()
@@ -114,7 +114,7 @@ def reply_entry(round_: int, node: int, reply: DeviceReply) -> dict[str, Any]:
                                                 else [])]),
         "arrays": {n: list(a.shape) for n, a in update.items()},
         "metrics": sorted(reply.metrics),
-        "bytes": sum(_npy_bytes(a.shape, str(a.dtype)) for a in update.values())
+        "bytes": sum(_npy_bytes(a.shape, a.dtype) for a in update.values())
         + 8 * len(reply.metrics),
     }  # fmt: skip
     if reply.kind == "train":
