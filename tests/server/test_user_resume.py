@@ -286,3 +286,46 @@ def test_extending_a_run_calibrated_to_a_target_needs_a_budget(
     # A fixed noise multiplier has no target to exceed: its ε simply grows, accounted.
     fixed = _saved_run(tmp_path / "fixed", dp=layer["dp"], **{f"{name}_noise": 1.0})
     assert build_config({"rounds": 60}, fixed).rounds == 60
+
+
+def test_extending_a_run_after_its_devices_released_noised_evaluations_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The final evaluation (round 31 of a 30-round run) charged the devices' ledgers;
+    training round 31 after it would compose out of the ledgers' (round, train before
+    evaluate) order and every later ε would be recomputed wrong."""
+    from pollinate.simulations.commands.simulate import build_config
+
+    run = _saved_run(tmp_path, dp="local", local_noise=1.0, local_evaluation="noised")
+    writer = LedgerWriter(run / "ledger.jsonl")
+    first = local_epsilon([(1.0, 0.5, 2)], DELTA)
+    writer.append(local_event(round_=30, device="4", release=(1.0, 0.5, 2), clip_norm=1.0,
+                             delta=DELTA, epsilon=first))  # fmt: skip
+    assert build_config({"rounds": 60}, run).rounds == 60  # no evaluation released yet
+    after = local_epsilon([(1.0, 0.5, 2), (10.0, 1.0, 1)], DELTA)
+    writer.append(local_event(round_=31, device="4", release=(10.0, 1.0, 1), clip_norm=1.0,
+                             delta=DELTA, epsilon=after, kind="evaluate"))  # fmt: skip
+    with pytest.raises(PollinateError, match=r"1 devices already released.*--rounds 60"):
+        build_config({"rounds": 60}, run)
+    assert build_config({"rounds": 30}, run).rounds == 30  # resuming the same run is fine
+
+
+@pytest.mark.slow
+def test_a_run_resumes_only_on_the_engine_that_checkpointed_it(tmp_path: Path) -> None:
+    """Each engine keeps the devices' private state its own way (Flower: each device's
+    folder; the fast engine: one snapshot of its shards), so the other engine would start
+    every device afresh without a word."""
+    from pollinate.server.checkpoint import load_checkpoint, save_checkpoint
+    from pollinate.server.federation import FederationError
+
+    make_server(tmp_path).run()
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.extra["engine"] == "flower"
+    ckpt.extra["engine"] = "fast"
+    save_checkpoint(tmp_path, ckpt)
+    with pytest.raises(FederationError, match=r"checkpointed by the fast engine.*--engine fast"):
+        make_server(tmp_path, rounds=4).resume()
+    # A checkpoint written before the engine was recorded is Flower's.
+    del ckpt.extra["engine"]
+    save_checkpoint(tmp_path, ckpt)
+    make_server(tmp_path, rounds=4).resume()

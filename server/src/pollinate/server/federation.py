@@ -227,6 +227,10 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
 class Server:
     """State of one federated run on the server side."""
 
+    #: What runs the devices, written into the checkpoint: the devices' private state is
+    #: kept where that engine keeps it, so only the same engine can resume the run.
+    engine = "flower"
+
     def __init__(self, grid: Grid, cfg: FederationConfig, catalog: Catalog, n_devices: int):
         self.grid = grid
         self.cfg = cfg
@@ -280,6 +284,12 @@ class Server:
     # -- persistence ---------------------------------------------------------------
     def resume(self) -> None:
         ckpt = load_checkpoint(self.run_dir)
+        wrote = ckpt.extra.get("engine", "flower")  # checkpoints before the key: Flower's
+        if wrote != self.engine:
+            raise FederationError(
+                f"this run was checkpointed by the {wrote} engine, which keeps the devices' "
+                f"private state its own way; resume it with --engine {wrote}"
+            )
         if spec_of(ckpt.params) != self.spec:
             raise FederationError("the checkpoint's parameters do not match this model")
         if self.canaries is not None:
@@ -347,6 +357,7 @@ class Server:
                 # whoever reads the checkpoint recompute later cohorts or subtract the noise.
                 rng_state=checkpoint_state(self.sampler),
                 extra={
+                    "engine": self.engine,
                     "history": self.history,
                     "noise_rng_state": checkpoint_state(self.noise),
                 },

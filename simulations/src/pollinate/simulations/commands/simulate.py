@@ -80,6 +80,7 @@ def build_config(
                         f"spent), or start a new run with --rounds {cfg.rounds} so that the "
                         "noise is calibrated for all of them"
                     )
+            _refuse_training_after_released_evaluations(resume, saved_rounds, cfg.rounds)
         return cfg
     cfg = FederationConfig.from_mapping(given)
     if cfg.device_state_dir is None:
@@ -87,6 +88,33 @@ def build_config(
         # that an interrupted run can resume exactly.
         cfg = cfg.model_copy(update={"device_state_dir": str(Path(cfg.out) / "devices")})
     return cfg
+
+
+def _refuse_training_after_released_evaluations(run: Path, saved: int, rounds: int) -> None:
+    """Refuse to extend a run whose devices already released noised evaluations after its
+    last round (its final evaluation, numbered ``saved + 1``).
+
+    A ledger composes each device's releases in (round, training before evaluation)
+    order; training round ``saved + 1`` would come after that evaluation in time but
+    before it in that order, so every ε recorded after it would be recomputed wrong.
+    """
+    from pollinate.shared.privacy.ledger import LedgerError, read_ledger
+
+    path = run / "ledger.jsonl"
+    if not path.is_file():
+        return
+    try:
+        events = read_ledger(path)
+    except LedgerError as exc:
+        raise PollinateError(f"cannot resume: {exc}") from exc
+    late = [e for e in events if e.layer == "local" and e.kind == "evaluate" and e.round > saved]
+    if late:
+        raise PollinateError(
+            f"--resume to {rounds} rounds: {len({e.device for e in late})} devices already "
+            f"released noised evaluations after round {saved} (the run's final evaluation), "
+            "and training after them cannot be ordered in their privacy ledgers; start a new "
+            f"run with --rounds {rounds} (resuming to {saved} rounds is fine)"
+        )
 
 
 SIMULATE_HELP = (
@@ -380,7 +408,7 @@ def simulate(
         typer.Option(
             help="flower (default: one message per device, what a deployment runs) or fast "
             "(the same device and server code, shards of devices in Ray workers that return "
-            "one sum a round; no --resume, no audit canaries)"
+            "one sum a round; no audit canaries)"
         ),
     ] = "flower",
     ray_address: Annotated[

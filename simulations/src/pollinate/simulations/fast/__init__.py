@@ -13,9 +13,11 @@ accepted updates (under user-level DP, of the clipped updates). Enrolment and ev
 return one reply per shard too.
 
 Chosen with ``pollinate simulate --engine fast``; ``--ray-address`` joins a Ray cluster.
-Flower stays the default and the reference, since it is what a deployment runs. The fast
-engine does not resume a run and does not run the empirical audit (both need per-device
-state or uploads outside the shards).
+Flower stays the default and the reference, since it is what a deployment runs. A fast
+run resumes from its checkpoint (``--resume``) like a Flower run: each checkpoint also
+writes the devices' private parameters, which live in the shards, to one file under
+``device-state-dir`` (:mod:`.store`). The fast engine does not run the empirical audit,
+which needs every device's own upload outside the shards.
 """
 
 from pollinate.simulations.fast.engine import ENGINE, run_fast

@@ -24,18 +24,14 @@ from pollinate.simulations.fast.pool import (
 )
 from pollinate.simulations.fast.server import FastServer
 from pollinate.simulations.fast.shard import ShardSpec
+from pollinate.simulations.fast.store import SNAPSHOT_NAME
 
 #: What ``metrics.json`` says about the engine of a fast run.
 ENGINE = "fast: Ray actors each play a shard of devices and return one sum a round"
 
 
-def check_supported(cfg: FederationConfig, *, resume: bool) -> None:
+def check_supported(cfg: FederationConfig) -> None:
     """Refuse what the fast engine does not do, saying what to use instead."""
-    if resume:
-        raise FastEngineError(
-            "the fast engine keeps the devices' private parameters in its workers' memory "
-            "and cannot resume a run; resume with --engine flower, or start the run again"
-        )
     if cfg.audit_canaries or getattr(cfg, "audit_holdout", None):
         raise FastEngineError(
             "the empirical audit's canaries and held-out users need every device's own "
@@ -56,14 +52,19 @@ def run_fast(
 
     ``ray_address`` joins a running Ray cluster (default: start one on this machine);
     ``workers`` is the number of shards (default: one per CPU of the cluster).
+    ``resume`` continues the run in ``cfg.out`` from its last checkpoint (any number of
+    workers; the devices' private parameters come back from the snapshot that checkpoint
+    wrote; releases made after it are accounted again, never forgotten).
     ``on_round(round, global_params)`` is called after each round's server step;
     ``keep_private`` writes every device's last private parameters to its folder under
     ``device-state-dir`` at the end (always done under local DP, for the oracle).
     """
-    check_supported(cfg, resume=resume)
+    check_supported(cfg)
     if cfg.device_state_dir is None:
         # The devices' ledgers live in their own folders, as on Flower.
         cfg = cfg.model_copy(update={"device_state_dir": str(Path(cfg.out) / "devices")})
+    assert cfg.device_state_dir is not None
+    states = Path(cfg.device_state_dir) / SNAPSHOT_NAME
     task_data = load_task_for(cfg)
     catalog = catalog_of(task_data.data)
     n_devices = cfg.num_devices or task_data.data.n_users
@@ -72,7 +73,7 @@ def run_fast(
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_flat(), indent=2, sort_keys=True))
-    record_environment(run_dir)
+    record_environment(run_dir, resumed=resume)
     started = connect(ray_address)
     pool: ShardPool | None = None
     try:
@@ -96,7 +97,9 @@ def run_fast(
             for i in range(min(n_workers, n_devices))
         ]
         pool = ShardPool(specs)
-        server = FastServer(pool, cfg, catalog, n_devices)
+        server = FastServer(pool, cfg, catalog, n_devices, states)
+        if resume:
+            server.resume()
         server.on_round = on_round
         outcome = server.run()
         write_summary(run_dir, cfg, outcome)

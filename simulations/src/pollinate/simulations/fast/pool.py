@@ -18,6 +18,7 @@ import numpy as np
 
 from pollinate.shared.errors import PollinateError
 from pollinate.simulations.fast.shard import Shard, ShardEval, ShardSpec, ShardTrain
+from pollinate.simulations.fast.store import concat_packs, deal_versions
 
 Arrays = dict[str, np.ndarray]
 
@@ -61,6 +62,12 @@ def _worker_class() -> Any:
 
         def save_private_states(self) -> int:
             return self.shard.save_private_states()
+
+        def snapshot(self) -> Arrays:
+            return self.shard.snapshot()
+
+        def restore(self, pack: Arrays) -> int:
+            return self.shard.restore(pack)
 
     return ShardWorker
 
@@ -161,6 +168,22 @@ class ShardPool:
         import ray
 
         return sum(ray.get([w.save_private_states.remote() for w in self.workers]))
+
+    def snapshot(self) -> Arrays:
+        """Every device's kept private versions, from all shards, as one pack."""
+        import ray
+
+        return concat_packs(ray.get([w.snapshot.remote() for w in self.workers]))
+
+    def restore(self, pack: Arrays, through_round: int) -> int:
+        """Give each shard its devices' versions of ``pack`` up to ``through_round`` (the
+        checkpoint's round: later versions belong to rounds that will be run again);
+        returns how many devices got state. Shards need not be dealt as when it was
+        written (another ``--workers``)."""
+        import ray
+
+        parts = deal_versions(pack, self.owner, len(self.workers), through_round)
+        return sum(ray.get([w.restore.remote(p) for w, p in zip(self.workers, parts, strict=True)]))
 
     def close(self) -> None:
         import ray

@@ -34,6 +34,7 @@ from pollinate.shared.privacy.ledger import LedgerEvent
 from pollinate.shared.tasks import Catalog
 from pollinate.shared.wire import METRICS_RECORD
 from pollinate.simulations.fast.pool import ShardPool
+from pollinate.simulations.fast.store import read_snapshot, write_snapshot
 
 
 class _Devices:
@@ -67,16 +68,46 @@ def _merge_counts(into: dict[str, int], other: dict[str, int]) -> None:
 
 
 class FastServer(Server):
-    """:class:`Server` whose rounds go to a :class:`ShardPool` (see the module docstring)."""
+    """:class:`Server` whose rounds go to a :class:`ShardPool` (see the module docstring).
+
+    Each checkpoint first writes the devices' private parameters, which live in the
+    shards' memory, to ``states_path`` (the simulated devices' disk); a resume reads them
+    back into the shards (:meth:`resume`).
+    """
+
+    engine = "fast"
 
     def __init__(
-        self, pool: ShardPool, cfg: FederationConfig, catalog: Catalog, n_devices: int
+        self,
+        pool: ShardPool,
+        cfg: FederationConfig,
+        catalog: Catalog,
+        n_devices: int,
+        states_path: Path,
     ) -> None:
         super().__init__(cast(Grid, _Devices(n_devices)), cfg, catalog, n_devices)
         self.pool = pool
+        self.states_path = states_path
         #: Called with (round, global parameters) after each round's server step (a
         #: read-only view: copy what you keep), for diagnostics of the iterates.
         self.on_round: Callable[[int, dict[str, Any]], None] | None = None
+
+    def checkpoint(self, round_: int) -> None:
+        # The devices' state first: a crash between the two writes leaves states one round
+        # ahead of the checkpoint, and resume drops the versions of the rounds it reruns.
+        write_snapshot(self.states_path, round_, self.n_devices, self.pool.snapshot())
+        super().checkpoint(round_)
+
+    def resume(self) -> None:
+        super().resume()
+        through = self.start_round - 1
+        written, pack = read_snapshot(self.states_path, self.n_devices)
+        if written not in (through, through + 1):
+            raise FederationError(
+                f"{self.states_path} holds the devices' state after round {written}, and the "
+                f"checkpoint is of round {through}: they are not of one run; start it again"
+            )
+        self.pool.restore(pack, through)
 
     def aggregate(self, round_: int, result: RoundResult, total: Any = None) -> None:
         super().aggregate(round_, result, total)

@@ -46,7 +46,7 @@ from pollinate.shared.wire import (
     Reply,
     check_reply,
 )
-from pollinate.simulations.fast.store import ShardStore
+from pollinate.simulations.fast.store import ShardStore, pack_versions, unpack_versions
 
 Arrays = dict[str, np.ndarray]
 LOG = logging.getLogger("pollinate.fast")
@@ -267,6 +267,19 @@ class Shard:
             ev.parts.append({k: float(v) for k, v in got.metrics.items() if k != "local-epsilon"})
         out.events = self.events[start:]
         return out
+
+    def snapshot(self) -> Arrays:
+        """Every device's kept private versions, packed (:func:`.store.pack_versions`)."""
+        return pack_versions(sorted(self.stores.items()))
+
+    def restore(self, pack: Arrays) -> int:
+        """Load the private versions of a snapshot's entries (all of them this shard's
+        devices') into the devices' stores; returns how many devices got state."""
+        entries = unpack_versions(pack, np.argsort(pack["round"], kind="stable"))
+        self._own(sorted({p for p, _, _ in entries}))
+        for partition, round_, arrays in entries:
+            self._store(partition).save(round_, arrays)
+        return len({p for p, _, _ in entries})
 
     def save_private_states(self) -> int:
         """Write every device's latest private parameters to its folder (the layout of
