@@ -178,7 +178,7 @@ def test_a_huge_update_norm_is_rejected_on_the_server() -> None:
     got = check_incoming(reply(big), kind="train", spec=SPEC)
     assert MAX_UPDATE_NORM == 1e6
     # The norm the check computed travels with the reply (the run log's update norm).
-    assert got.norm == pytest.approx(np.sqrt(15) * 258_000.0, rel=1e-12)
+    assert got.norm == pytest.approx(np.sqrt(15) * 258_000.0, rel=1e-6)
 
 
 # -- exact metric key sets per DP mode ----------------------------------------------------

@@ -25,6 +25,8 @@ def row_density(value: np.ndarray) -> float | None:
         return None
     if value.ndim != 2 or value.shape[0] == 0:
         return None
+    if value.dtype.kind == "f" and value.shape[1] == 1:  # a bias column: NaN counts
+        return float(np.count_nonzero(value) / value.shape[0])
     if value.dtype.kind == "f" and value.shape[1] > 0:
         # A row is non-zero iff its sum of absolute values is (NaN and inf included; a
         # sum of positive subnormals is never 0): one matrix product, several times

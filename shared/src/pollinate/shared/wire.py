@@ -289,6 +289,17 @@ def _decode_record(record: ArrayRecord, spec: ParamSpec, who: str) -> dict[str, 
     return out
 
 
+def _sum_of_squares(value: np.ndarray) -> float:
+    """``Σ v²``: by BLAS in the array's own float type (a sanity bound and a log figure
+    need no more than float32's accuracy; an overflow gives inf, which fails the bound),
+    in float64 for other dtypes."""
+    if value.dtype.kind == "f":
+        flat = value.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.dot(flat, flat))
+    return float(np.sum(np.square(value, dtype=np.float64)))
+
+
 def _check_arrays(
     arrays: Mapping[str, object],
     spec: ParamSpec,
@@ -322,7 +333,7 @@ def _check_arrays(
         out[name] = value
     norm = None
     if incoming and max_norm is not None:
-        norm = math.sqrt(sum(float(np.sum(np.square(v, dtype=np.float64))) for v in out.values()))
+        norm = math.sqrt(sum(_sum_of_squares(v) for v in out.values()))
         if not norm <= max_norm:
             raise AllowListError(
                 f"incoming update has L2 norm {norm:.4g}, above the sanity bound {max_norm:g}",
