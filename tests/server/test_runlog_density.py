@@ -1,12 +1,16 @@
 """The message log records, for each 2-D array of a training upload, the share of rows
-that the upload changed (``row_density``), decoded from the payload."""
+that the upload changed (``row_density``), decoded from the payload; lines written a
+round at a time are the lines written one by one."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 
-from pollinate.server.runlog import message_entry, row_density
+from pollinate.server.runlog import JsonlWriter, message_entry, row_density
 from pollinate.shared.wire import METRICS_RECORD, UPDATE_RECORD, arrays_to_record
 
 
@@ -60,3 +64,27 @@ def test_up_train_entry_carries_row_density_and_keeps_its_fields() -> None:
     down = message_entry(2, "down", 7, "train", content)
     assert "row_density" not in down
     assert "row_density" not in message_entry(2, "up", 7, "evaluate", content)
+
+
+def test_lines_written_at_once_are_the_lines_written_one_by_one(tmp_path: Path) -> None:
+    """A round's message lines go out in one write; each is what ``write`` writes."""
+    entry = {"round": 3, "direction": "down", "kind": "train", "bytes": 12,
+             "arrays": {"item": [4, 2]}, "metrics": ["node"], "node": 0}  # fmt: skip
+    nodes = [0, 7, 2**62, 5]
+    one, many = JsonlWriter(tmp_path / "one.jsonl"), JsonlWriter(tmp_path / "many.jsonl")
+    for n in nodes:
+        one.write({**entry, "node": n})
+    many.write_per_node(entry, nodes)
+    many.write_all([{**entry, "node": n} for n in nodes])
+    one.close(), many.close()
+    lines = (tmp_path / "one.jsonl").read_text()
+    assert (tmp_path / "many.jsonl").read_text() == lines + lines
+    assert [json.loads(x)["node"] for x in lines.splitlines()] == nodes
+    # A marker that collides with the content falls back to one dump per line.
+    odd = JsonlWriter(tmp_path / "odd.jsonl")
+    odd.write_per_node({**entry, "kind": '"node": -4611686018427400249'}, [1, 2])
+    odd.close()
+    assert [json.loads(x)["node"] for x in (tmp_path / "odd.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]

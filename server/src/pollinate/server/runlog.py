@@ -4,6 +4,7 @@ what the server did with each reply it did not use (``direction: "verdict"``).""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,25 @@ class JsonlWriter:
 
     def write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj, sort_keys=True) + "\n")
+        self._fh.flush()
+
+    def write_all(self, objs: Iterable[dict[str, Any]]) -> None:
+        """Several lines, flushed once (a round's hundreds of message lines)."""
+        self._fh.write("".join(json.dumps(obj, sort_keys=True) + "\n" for obj in objs))
+        self._fh.flush()
+
+    def write_per_node(self, entry: dict[str, Any], nodes: Iterable[int]) -> None:
+        """``entry`` once for each node (with ``"node": n``), flushed once: the line of a
+        message every sampled device got. Serialised once; each line is what
+        :meth:`write` would write."""
+        marker = -(2**62) - 12345  # no node id is negative
+        template = json.dumps({**entry, "node": marker}, sort_keys=True)
+        token = f'"node": {marker}'
+        if template.count(token) != 1:
+            self.write_all({**entry, "node": n} for n in nodes)
+            return
+        head, tail = template.split(token)
+        self._fh.write("".join(f'{head}"node": {int(n)}{tail}\n' for n in nodes))
         self._fh.flush()
 
     def close(self) -> None:

@@ -122,8 +122,7 @@ class FastServer(Server):
         params = self.released() if kind == "evaluate" else self.params
         content = self._content(round_, params, extra) if kind != "enroll" else RecordDict()
         entry = message_entry(round_, "down", 0, kind, content)
-        for node in nodes:
-            log.write({**entry, "node": node})
+        log.write_per_node(entry, nodes)
         return dict(self.device_config, round=round_, **extra)
 
     def enroll(self, nodes: Sequence[int], log: JsonlWriter) -> list[int]:
@@ -157,8 +156,7 @@ class FastServer(Server):
         result = RoundResult()
         total = self.round_sum()
         for shard in shards:
-            for entry in shard.entries:
-                log.write(entry)
+            log.write_all(shard.entries)
             part, other = shard.result, shard.total
             for n, t in total.total.items():
                 t += other.total[n]
@@ -187,8 +185,7 @@ class FastServer(Server):
         self._ledger([e for s in shards for e in s.events])
         out = EvaluationRound()
         for shard in shards:
-            for entry in shard.entries:
-                log.write(entry)
+            log.write_all(shard.entries)
             ev = shard.round
             out.parts.extend(ev.parts)
             out.noised.extend(ev.noised)
