@@ -14,7 +14,8 @@ as the median of ``--reps`` repetitions after one warm-up, each on a freshly bui
 * ``hooks``: :func:`~pollinate.client.dp_training.train_device_dp` with Opacus's
   per-example gradients, weight decay (``reg``) 0 and 0.05 (the noise source is measured
   by ``noise_cost.py``);
-* ``ghost``: ghost clipping, reg 0 only (it refuses reg > 0, see ``dp_training``).
+* ``ghost``: ghost clipping, reg 0 (it takes reg > 0 too since ``mf`` computes its
+  penalty from the score's lookups; not re-measured).
 
 DP rounds use z = 1, C = 1 and an empty accountant history; their Poisson rate q and
 step count come from :func:`~pollinate.client.dp_training.plan_local_round`

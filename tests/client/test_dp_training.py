@@ -416,13 +416,19 @@ def test_an_empty_device_is_not_stopped_by_the_budget(rating: DeviceIndex) -> No
 
 
 # --------------------------------------------------------------------------- ghost clipping
-def test_ghost_clipping_matches_hooks_for_mf_without_reg(rating: DeviceIndex) -> None:
-    device = rating.device(5)
+@pytest.mark.parametrize(("loss", "reg"), [("mse", 0.0), ("mse", 0.01), ("bpr", 0.01)])
+def test_ghost_clipping_matches_hooks_for_mf(
+    rating: DeviceIndex, ranking: DeviceIndex, loss: str, reg: float
+) -> None:
+    """With L2 too: ``mf`` computes its penalty from the score's lookups, so each table
+    is looked up once per forward pass, as ghost clipping needs."""
+    device = (rating if loss == "mse" else ranking).device(5)
     updates: list[dict[str, np.ndarray]] = []
     for mode in ("hooks", "ghost"):
         out = train_device_dp(
-            model_for(device), device, train_config(), dp_config(grad_sample_mode=mode), [],
-            torch.Generator().manual_seed(0), noise_rng=seeded_generator(0),
+            model_for(device), device, train_config(loss, reg=reg),
+            dp_config(grad_sample_mode=mode), [], torch.Generator().manual_seed(0),
+            noise_rng=seeded_generator(0),
         )  # fmt: skip
         assert out.update is not None
         updates.append(out.update)
@@ -430,15 +436,16 @@ def test_ghost_clipping_matches_hooks_for_mf_without_reg(rating: DeviceIndex) ->
         np.testing.assert_allclose(updates[0][k], updates[1][k], atol=1e-6)
 
 
-def test_ghost_clipping_refuses_a_module_called_twice(rating: DeviceIndex) -> None:
-    device = with_train_rows(rating.device(5), 1)  # empty batches come first, often
-    model = model_for(device)
+def test_ghost_clipping_refuses_a_module_called_twice(ranking: DeviceIndex) -> None:
+    """``interest`` looks its item table up for the history and for the scored items."""
+    device = with_train_rows(ranking.device(5), 1)  # empty batches come first, often
+    model = model_for(device, "interest")
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
     for seed in range(4):
-        with pytest.raises(ConfigError, match="item_factors"):
+        with pytest.raises(ConfigError, match="item_emb"):
             train_device_dp(
-                model, device, train_config(reg=0.01), dp_config(grad_sample_mode="ghost"), [],
-                torch.Generator().manual_seed(seed),
+                model, device, train_config("sampled_softmax"),
+                dp_config(grad_sample_mode="ghost"), [], torch.Generator().manual_seed(seed),
             )  # fmt: skip
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
     assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())

@@ -138,6 +138,28 @@ def test_score_shapes_and_score_all_agree(name: str, synthetic: Interactions) ->
         )
 
 
+def test_mf_scores_and_penalises_from_one_lookup_of_each_table(synthetic: Interactions) -> None:
+    """``score_and_penalty`` gives exactly ``score`` and ``penalty`` (1-D and 2-D items),
+    with each embedding module called once, so that the penalty's gradient joins the
+    score's in one per-example gradient."""
+    model = _build("mf", synthetic).eval()
+    batch = build_examples(synthetic, np.arange(6), history_len=0)
+    calls: dict[str, int] = {}
+    for name, module in model.named_children():
+        module.register_forward_hook(
+            lambda m, a, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
+    for items in (batch["item"], torch.randint(0, synthetic.n_items, (6, 4))):
+        calls.clear()
+        with torch.no_grad():
+            score, pen = model.score_and_penalty(batch, items)
+        assert calls == {"user_factors": 1, "user_bias": 1, "global_bias": 1,
+                         "item_factors": 1, "item_bias": 1}  # fmt: skip
+        with torch.no_grad():
+            assert torch.equal(score, model.score(batch, items))
+            assert torch.equal(pen, model.penalty(batch, items))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_learns_ranking_structure_beyond_popularity(name: str, synthetic: Interactions) -> None:
     data = filter_min_interactions(synthetic, 3)

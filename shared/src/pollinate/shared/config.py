@@ -221,8 +221,8 @@ class FederationConfig(BaseModel):
     #: (``rdp``/``prv``, Opacus's add/remove accountants, are refused with the reason).
     local_accountant: Literal["pld"] = "pld"
     #: Opacus per-example clipping: "hooks" materialises per-example gradients (any
-    #: model); "ghost" computes only their norms (far less memory; ``mf`` with
-    #: ``weight-decay`` 0 only, see pollinate.client.dp_training).
+    #: model); "ghost" computes only their norms (far less memory; ``mf`` only, see
+    #: pollinate.client.dp_training).
     local_grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
     #: How a simulated device under local DP answers an evaluation request: ``refuse``
     #: (it sends nothing) or ``noised`` (its clipped evaluation sums with Gaussian noise,

@@ -54,6 +54,19 @@ def _penalty(model: RecModel, batch: Batch, items: torch.Tensor, reg: float) -> 
     return reg * pen(batch, items)
 
 
+def _scored(
+    model: RecModel, batch: Batch, items: torch.Tensor, reg: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scores of ``items`` and ``reg`` times the penalty, from one lookup of each
+    table where the model offers it (``score_and_penalty``): a module called once per
+    forward pass is one per-example gradient under Opacus, and ghost clipping allows it."""
+    joint = getattr(model, "score_and_penalty", None)
+    if reg == 0.0 or joint is None:
+        return model.score(batch, items), _penalty(model, batch, items, reg)
+    score, pen = joint(batch, items)
+    return score, reg * pen
+
+
 def sample_negatives(
     n_items: int, shape: tuple[int, ...], generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -68,8 +81,9 @@ def mse(
     m = unwrap(model)
     if "rating" not in batch:
         raise ConfigError("the mse loss needs ratings; implicit data needs a ranking loss")
-    err = m.score(batch, batch["item"]) - batch["rating"]
-    return err.pow(2) + _penalty(m, batch, batch["item"], reg)
+    score, pen = _scored(m, batch, batch["item"], reg)
+    err = score - batch["rating"]
+    return err.pow(2) + pen
 
 
 def bpr(
@@ -85,9 +99,9 @@ def bpr(
     pos = batch["item"]
     neg = sample_negatives(m.n_items, (pos.shape[0], n_negatives), generator)
     items = torch.cat([pos[:, None], neg], dim=1)
-    s = m.score(batch, items)
+    s, pen = _scored(m, batch, items, reg)
     loss = -F.logsigmoid(s[:, :1] - s[:, 1:]).mean(-1)
-    return loss + _penalty(m, batch, items, reg)
+    return loss + pen
 
 
 def sampled_softmax(
@@ -106,10 +120,10 @@ def sampled_softmax(
     pos = batch["item"]
     neg = sample_negatives(m.n_items, (pos.shape[0], n_negatives), generator)
     items = torch.cat([pos[:, None], neg], dim=1)
-    s = m.score(batch, items)
+    s, pen = _scored(m, batch, items, reg)
     s = torch.cat([s[:, :1], s[:, 1:].masked_fill(neg == pos[:, None], float("-inf"))], dim=1)
     loss = -s.log_softmax(-1)[:, 0]
-    return loss + _penalty(m, batch, items, reg)
+    return loss + pen
 
 
 def shared_softmax(

@@ -353,7 +353,7 @@ def simulate(
     ] = None,
     local_grad_sample_mode: Annotated[
         str | None,
-        typer.Option(help="hooks, or ghost (mf with --weight-decay 0 only)", hidden=True),
+        typer.Option(help="hooks, or ghost (mf only)", hidden=True),
     ] = None,
     user_noise: Annotated[
         float | None, typer.Option(help="Server noise multiplier z (noise std z·S)", hidden=True)
