@@ -293,10 +293,16 @@ def test_extending_a_run_after_its_devices_released_noised_evaluations_is_refuse
 ) -> None:
     """The final evaluation (round 31 of a 30-round run) charged the devices' ledgers;
     training round 31 after it would compose out of the ledgers' (round, train before
-    evaluate) order and every later ε would be recomputed wrong."""
+    evaluate) order and every later ε would be recomputed wrong. The same holds for a
+    run that died in round 30's evaluation, after its checkpoint of round 29."""
+    from pollinate.server.checkpoint import Checkpoint, save_checkpoint
     from pollinate.simulations.commands.simulate import build_config
 
+    def checkpointed(round_: int) -> None:
+        save_checkpoint(run, Checkpoint(round_, {}, {}, None, {}))
+
     run = _saved_run(tmp_path, dp="local", local_noise=1.0, local_evaluation="noised")
+    checkpointed(30)
     writer = LedgerWriter(run / "ledger.jsonl")
     first = local_epsilon([(1.0, 0.5, 2)], DELTA)
     writer.append(local_event(round_=30, device="4", release=(1.0, 0.5, 2), clip_norm=1.0,
@@ -308,6 +314,18 @@ def test_extending_a_run_after_its_devices_released_noised_evaluations_is_refuse
     with pytest.raises(PollinateError, match=r"1 devices already released.*--rounds 60"):
         build_config({"rounds": 60}, run)
     assert build_config({"rounds": 30}, run).rounds == 30  # resuming the same run is fine
+    # Died in round 30's evaluation, after its checkpoint of round 29: round 30 would be
+    # trained again after that evaluation.
+    run = _saved_run(tmp_path / "died", dp="local", local_noise=1.0, local_evaluation="noised")
+    checkpointed(29)
+    writer = LedgerWriter(run / "ledger.jsonl")
+    writer.append(local_event(round_=30, device="4", release=(1.0, 0.5, 2), clip_norm=1.0,
+                             delta=DELTA, epsilon=first))  # fmt: skip
+    assert build_config({}, run).rounds == 30  # a lost training release: still in order
+    writer.append(local_event(round_=30, device="4", release=(10.0, 1.0, 1), clip_norm=1.0,
+                             delta=DELTA, epsilon=after, kind="evaluate"))  # fmt: skip
+    with pytest.raises(PollinateError, match=r"after round 29 .*resuming to 29 rounds is fine"):
+        build_config({}, run)
 
 
 @pytest.mark.slow

@@ -342,3 +342,11 @@ def test_a_bool_where_a_number_belongs_is_rejected() -> None:
     with pytest.raises(AllowListError, match="scalar number, not bool") as info:
         check_incoming(content, kind="train", spec=SPEC, dp="none")
     assert info.value.reason == "metric-type"
+
+
+def test_the_norm_bound_holds_for_float16_updates() -> None:
+    """A float16 update's norm is summed in float64: its squares overflow float16 near 256."""
+    spec16 = {"w": ((4,), "float16")}
+    arrays = {"w": np.full(4, 200.0, np.float16)}  # norm 400: far under the bound
+    got = check_incoming(reply(arrays), kind="train", spec=spec16)
+    assert got.norm == pytest.approx(400.0)

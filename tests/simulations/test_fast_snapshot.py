@@ -1,7 +1,7 @@
 """What a fast run keeps of its devices across a restart: every device's kept private
 versions, written as one snapshot per checkpoint and read back into any dealing of the
 devices to shards, with the rounds that will be run again dropped; a missing, foreign or
-tampered snapshot is refused with what to do."""
+malformed snapshot is refused with what to do."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from pollinate.client.local_state import StateStoreError
 from pollinate.shared.config import FederationConfig
+from pollinate.shared.errors import PollinateError
 from pollinate.simulations.engine import simulation_policy
 from pollinate.simulations.fast.shard import Shard, ShardSpec
 from pollinate.simulations.fast.store import (
@@ -69,7 +70,7 @@ def test_a_snapshot_round_trips_every_kept_version_into_another_dealing(tmp_path
     assert even.stores[2].load(3)["user_factors.weight"][0, 0] == 20
     assert even.stores[2].load(2) is None and not odd.stores
     # Another shard's devices are refused rather than kept where nobody plays them.
-    with pytest.raises(Exception, match="not in this shard"):
+    with pytest.raises(PollinateError, match="not in this shard"):
         odd.restore(pack)
 
 
@@ -91,7 +92,7 @@ def test_versions_of_the_rounds_to_run_again_are_dropped(tmp_path: Path) -> None
     "damage",
     ["missing", "garbage", "devices", "partition", "round", "nan", "length"],
 )
-def test_a_missing_foreign_or_tampered_snapshot_is_refused(tmp_path: Path, damage: str) -> None:
+def test_a_missing_foreign_or_malformed_snapshot_is_refused(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "states.npz"
     pack = played(tmp_path).snapshot()
     n_devices = 6

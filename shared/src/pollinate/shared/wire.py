@@ -290,10 +290,10 @@ def _decode_record(record: ArrayRecord, spec: ParamSpec, who: str) -> dict[str, 
 
 
 def _sum_of_squares(value: np.ndarray) -> float:
-    """``Σ v²``: by BLAS in the array's own float type (a sanity bound and a log figure
-    need no more than float32's accuracy; an overflow gives inf, which fails the bound),
-    in float64 for other dtypes."""
-    if value.dtype.kind == "f":
+    """``Σ v²``: by BLAS in float32 or float64 arrays' own type (a sanity bound and a log
+    figure need no more than float32's accuracy; an overflow gives inf, which fails the
+    bound), in float64 for other dtypes (float16 would overflow near 256)."""
+    if value.dtype.kind == "f" and value.dtype.itemsize >= 4:
         flat = value.reshape(-1)
         with np.errstate(over="ignore", invalid="ignore"):
             return float(np.dot(flat, flat))

@@ -80,7 +80,7 @@ def build_config(
                         f"spent), or start a new run with --rounds {cfg.rounds} so that the "
                         "noise is calibrated for all of them"
                     )
-            _refuse_training_after_released_evaluations(resume, saved_rounds, cfg.rounds)
+        _refuse_training_after_released_evaluations(resume, cfg.rounds)
         return cfg
     cfg = FederationConfig.from_mapping(given)
     if cfg.device_state_dir is None:
@@ -90,30 +90,37 @@ def build_config(
     return cfg
 
 
-def _refuse_training_after_released_evaluations(run: Path, saved: int, rounds: int) -> None:
-    """Refuse to extend a run whose devices already released noised evaluations after its
-    last round (its final evaluation, numbered ``saved + 1``).
+def _refuse_training_after_released_evaluations(run: Path, rounds: int) -> None:
+    """Refuse a resume that would train after noised evaluations the devices released
+    past the checkpoint's round C: the run's final evaluation (numbered C + 1 when the
+    run finished), or the evaluation of a round the run died in.
 
     A ledger composes each device's releases in (round, training before evaluation)
-    order; training round ``saved + 1`` would come after that evaluation in time but
+    order; training round C + 1 again would come after such an evaluation in time but
     before it in that order, so every ε recorded after it would be recomputed wrong.
+    A resume that trains no further round (``rounds`` = C) only evaluates again: allowed.
     """
+    from pollinate.server.checkpoint import CheckpointError, load_checkpoint
     from pollinate.shared.privacy.ledger import LedgerError, read_ledger
 
     path = run / "ledger.jsonl"
-    if not path.is_file():
+    try:
+        done = load_checkpoint(run).round
+    except CheckpointError:
+        return  # the resume itself says what is missing
+    if rounds <= done or not path.is_file():
         return
     try:
         events = read_ledger(path)
     except LedgerError as exc:
         raise PollinateError(f"cannot resume: {exc}") from exc
-    late = [e for e in events if e.layer == "local" and e.kind == "evaluate" and e.round > saved]
+    late = [e for e in events if e.layer == "local" and e.kind == "evaluate" and e.round > done]
     if late:
         raise PollinateError(
             f"--resume to {rounds} rounds: {len({e.device for e in late})} devices already "
-            f"released noised evaluations after round {saved} (the run's final evaluation), "
-            "and training after them cannot be ordered in their privacy ledgers; start a new "
-            f"run with --rounds {rounds} (resuming to {saved} rounds is fine)"
+            f"released noised evaluations after round {done} (the last checkpoint), and "
+            "training after them cannot be ordered in their privacy ledgers; start a new "
+            f"run with --rounds {rounds} (resuming to {done} rounds is fine)"
         )
 
 

@@ -141,8 +141,10 @@ def write_snapshot(path: Path, round_: int, n_devices: int, pack: Arrays) -> Non
 
 
 def read_snapshot(path: Path, n_devices: int) -> tuple[int, Arrays]:
-    """The round and the pack of a snapshot, checked: a missing, unreadable or tampered
-    file raises :class:`~pollinate.client.local_state.StateStoreError` saying what."""
+    """The round and the pack of a snapshot, checked for consistency (no integrity
+    protection: it is a simulated device's disk): a missing or unreadable file, or one
+    that does not fit this run (device count, rounds, entry counts, non-finite values),
+    raises :class:`~pollinate.client.local_state.StateStoreError` saying what."""
     if not path.is_file():
         raise StateStoreError(
             f"{path} does not exist: the devices' private parameters of this run were not "
@@ -162,7 +164,7 @@ def read_snapshot(path: Path, n_devices: int) -> tuple[int, Arrays]:
         or parts.dtype.kind != "i"
         or rounds.dtype.kind != "i"
         or rounds.shape != (n,)
-        or any(k.startswith(_PARAM) is False or len(v) != n for k, v in pack.items()
+        or any(not k.startswith(_PARAM) or len(v) != n for k, v in pack.items()
                if k not in ("partition", "round"))
         or (n and (parts.min() < 0 or parts.max() >= n_devices or rounds.min() < 1
                    or rounds.max() > round_))
@@ -171,6 +173,6 @@ def read_snapshot(path: Path, n_devices: int) -> tuple[int, Arrays]:
     if bad:
         raise StateStoreError(
             f"{path} does not describe {n_devices} devices' private parameters up to round "
-            f"{round_} (tampered, or written by another run); start the run again"
+            f"{round_} (damaged, or written by another run); start the run again"
         )
     return round_, pack
